@@ -1,0 +1,39 @@
+"""The one error hierarchy of ckpt_core; each error subclasses the builtin a user would catch."""
+
+from __future__ import annotations
+
+
+class CheckpointError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class CheckpointExistsError(CheckpointError, FileExistsError):
+    """A directory already holds committed steps and the caller did not say what to do."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A step, directory or file that was asked for does not exist."""
+
+
+class StructureMismatchError(CheckpointError, ValueError):
+    """A restored tree differs from `like` in its paths, shapes or dtypes."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint file's size or checksum differs from its manifest, or the manifest is invalid."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class CheckpointLockedError(CheckpointError):
+    """Another live process holds the write lock of the directory."""
+
+
+class UnsafeFormatError(CheckpointError):
+    """Restoring this step would unpickle data, which can run arbitrary code."""
+
+
+class DiskFullError(CheckpointError, OSError):
+    """The storage ran out of space during a save; nothing was committed."""

@@ -1,0 +1,267 @@
+"""The `Format` protocol (snapshot, write, read), the registry, and what all formats share."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, cast, runtime_checkable
+
+import numpy as np
+
+from .. import _tree
+from ..errors import CheckpointError
+from ..manifest import Manifest
+from ..storage import StepWriter, Storage, VerifyingReader, check_record, hash_stream
+
+
+@runtime_checkable
+class Format(Protocol):
+    """How a state becomes payload files of a step, and back.
+
+    A format never commits or names steps: the manager hands it a `StepWriter` (files go in,
+    the manager commits) and a `StepReader` (verified access to a committed step's files).
+    """
+
+    name: str
+
+    def accepts(self, state: Any) -> bool:
+        """Whether `format="auto"` may pick this format for `state`."""
+        ...
+
+    def snapshot(self, state: Any) -> Any:
+        """A host copy of `state` that later mutation of `state` cannot change (for async saves).
+
+        Called on the training thread: it should cost no more than a memory copy.
+        """
+        ...
+
+    def write(self, state: Any, writer: StepWriter) -> None:
+        """Write `state` (or a `snapshot` of it) as payload files through `writer`."""
+        ...
+
+    def read(self, reader: StepReader, like: Any = None) -> Any:
+        """Read the step back, verifying every byte against the manifest.
+
+        With `like`, the result has `like`'s structure and leaf types, or
+        StructureMismatchError names every difference.
+        """
+        ...
+
+
+_REGISTRY: dict[str, Format] = {}
+
+
+def register_format(fmt: Format, *, replace: bool = False) -> None:
+    """Make `fmt` available by `fmt.name` to `CheckpointManager(format=...)` and to restore."""
+    if not isinstance(fmt, Format):
+        raise TypeError(
+            f"{fmt!r} is not a Format: it needs a `name` and the methods accepts, snapshot, "
+            "write and read (see ckpt_core.Format)."
+        )
+    if fmt.name in _REGISTRY and not replace and _REGISTRY[fmt.name] is not fmt:
+        raise ValueError(
+            f"a format named {fmt.name!r} is already registered; pass replace=True to override it."
+        )
+    _REGISTRY[fmt.name] = fmt
+
+
+def get_format(name: str) -> Format:
+    _load_builtin_formats()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise CheckpointError(
+            f"unknown checkpoint format {name!r}; registered formats: {sorted(_REGISTRY)}. "
+            "HINT: a custom format must be registered with ckpt_core.register_format() "
+            "before restoring steps written with it."
+        ) from None
+
+
+def auto_format(state: Any) -> Format:
+    """`tree` when the state fits it; `torch` for other torch checkpoints; otherwise an error."""
+    _load_builtin_formats()
+    for name in ("tree", "torch"):
+        if _REGISTRY[name].accepts(state):
+            return _REGISTRY[name]
+    try:
+        list(_tree.iter_leaves(state))
+    except TypeError as e:
+        raise TypeError(f"format='auto' cannot store this state: {e}") from None
+    raise TypeError("format='auto' found no format for this state; HINT: pass format='pickle'.")
+
+
+def _load_builtin_formats() -> None:
+    if "tree" not in _REGISTRY:
+        from . import orbax, pickle, torch, tree  # noqa: F401  (each module registers itself)
+
+
+# ---------------------------------------------------------------- reading a step
+
+
+@dataclass
+class StepReader:
+    """Verified read access to the payload of one committed step."""
+
+    storage: Storage
+    step_dir: str
+    manifest: Manifest
+    allow_pickle: bool = False
+    lazy: bool = False
+
+    def _rel(self, name: str) -> str:
+        parts = [self.step_dir, self.manifest.payload_dir, name]
+        return "/".join(p for p in parts if p)
+
+    def display(self, name: str) -> str:
+        return self.storage.join(self._rel(name))
+
+    def _record(self, name: str) -> Any:
+        try:
+            return self.manifest.files[name]
+        except KeyError:
+            raise CheckpointError(
+                f"step {self.manifest.step} ({self.manifest.format} format) has no file {name!r}; "
+                f"its manifest lists {sorted(self.manifest.files)}."
+            ) from None
+
+    def open(self, name: str) -> VerifyingReader:
+        """A stream over `name` that checksums as it is read; call `.verify()` after reading."""
+        expected = self._record(name)
+        try:
+            raw = self.storage.open_read(self._rel(name))
+        except FileNotFoundError:
+            raise _missing(self.display(name)) from None
+        return VerifyingReader(raw, self.display(name), expected)
+
+    def verify(self, name: str) -> None:
+        """Check the size and checksum of one file."""
+        expected = self._record(name)
+        try:
+            with self.storage.open_read(self._rel(name)) as f:
+                found = hash_stream(f)
+        except FileNotFoundError:
+            raise _missing(self.display(name)) from None
+        check_record(self.display(name), found, expected)
+
+    def verify_all(self) -> None:
+        for name in sorted(self.manifest.files):
+            self.verify(name)
+
+    def local_path(self, name: str) -> Path | None:
+        return self.storage.local_path(self._rel(name))
+
+    @contextlib.contextmanager
+    def fetch_dir(self, subdir: str) -> Iterator[Path]:
+        with self.storage.fetch_dir(self._rel(subdir)) as path:
+            yield path
+
+    def read_bytes(self, name: str) -> bytes:
+        with self.open(name) as f:
+            out = f.read()
+            f.verify()
+        return bytes(out)
+
+
+def _missing(display: str) -> CheckpointError:
+    from ..errors import CorruptCheckpointError
+
+    return CorruptCheckpointError(
+        f"{display} is listed in the manifest but missing: the step was damaged after it "
+        "was committed. HINT: restore an earlier step.",
+        path=display,
+    )
+
+
+# ---------------------------------------------------------------- leaves
+
+
+def map_state(state: Any, fn: Any) -> Any:
+    """Rebuild builtin containers of `state`, applying `fn` to every other object."""
+    if isinstance(state, Mapping):
+        out = {k: map_state(v, fn) for k, v in state.items()}
+        with contextlib.suppress(TypeError):
+            return cast(Any, type(state))(out)
+        return out
+    if isinstance(state, tuple) and hasattr(type(state), "_fields"):
+        return type(state)(*(map_state(v, fn) for v in state))
+    if isinstance(state, list | tuple):
+        return type(state)(map_state(v, fn) for v in state)
+    return fn(state)
+
+
+def host_copy(x: Any) -> Any:
+    """A copy of an array leaf that the training loop cannot mutate; other leaves as they are.
+
+    JAX arrays are immutable, so they are kept by reference: their snapshot costs nothing.
+    """
+    if isinstance(x, np.ndarray):
+        return x.copy()
+    if _tree.is_torch_tensor(x):
+        return x.detach().to("cpu", copy=True)
+    return x
+
+
+def convert_to_like(value: Any, like: Any) -> Any:
+    """A restored leaf (numpy array, torch tensor or scalar) in the type and placement of `like`."""
+    if _tree.is_jax_key(like):
+        import jax
+
+        data = value if not _tree.is_torch_tensor(value) else value.numpy()
+        if _tree.is_jax_key(data):
+            data = jax.random.key_data(data)
+        keys = jax.random.wrap_key_data(cast(Any, np.asarray(data)), impl=jax.random.key_impl(like))
+        return jax.device_put(keys, like.sharding)
+    if _tree.is_jax_array(like):
+        import jax
+
+        if _tree.is_torch_tensor(value):
+            value = value.numpy()
+        return jax.device_put(value, like.sharding)
+    if _tree.is_torch_tensor(like):
+        import torch
+
+        t = value if isinstance(value, torch.Tensor) else torch.from_numpy(_as_torchable(value))
+        if t.dtype != like.dtype:
+            t = t.view(like.dtype) if t.element_size() == like.element_size() else t.to(like.dtype)
+        return t.to(like.device) if t.device != like.device else t
+    if isinstance(like, np.ndarray):
+        return np.asarray(value.numpy() if _tree.is_torch_tensor(value) else value)
+    if isinstance(like, np.generic):
+        return like.dtype.type(np.asarray(value).item() if hasattr(value, "shape") else value)
+    if isinstance(like, bool | int | float) and not isinstance(value, str | bytes | type(None)):
+        return type(like)(value.item() if hasattr(value, "item") else value)
+    return value
+
+
+def _as_torchable(arr: np.ndarray) -> np.ndarray:
+    # torch.from_numpy has no bfloat16/float8: hand it the same bytes as an integer array.
+    if arr.dtype.kind == "V" or arr.dtype.name in ("bfloat16",) or "float8" in arr.dtype.name:
+        return arr.view(f"u{arr.dtype.itemsize}")
+    return arr
+
+
+def fit_like(loaded: Any, like: Any, where: str) -> Any:
+    """Check a fully loaded tree against `like`, then give it `like`'s structure and leaf types."""
+    values: dict[str, Any] = {}
+    for path, leaf in _tree.iter_leaves_lenient(loaded):
+        values[_tree.path_str(path)] = leaf
+    _tree.check_structure(like, {k: _tree.describe_leaf(v) for k, v in values.items()}, where)
+    return _tree.rebuild_like(
+        like, lambda p, leaf: convert_to_like(values[_tree.path_str(p)], leaf)
+    )
+
+
+def framework_missing(package: str, extra: str, why: str) -> ImportError:
+    return ImportError(
+        f"{why} needs {package!r}, which is not installed. HINT: pip install 'ckpt-core[{extra}]'"
+    )
+
+
+def torch_module() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise framework_missing("torch", "torch", "the torch format") from None
+    return torch

@@ -1,0 +1,448 @@
+"""The `tree` format: arrays in one safetensors file, the nesting and scalars in `tree.json`.
+
+Arrays are streamed from their own memory straight into the file (no intermediate buffer)
+and read back straight into freshly allocated arrays of the requested kind (numpy, torch or
+jax), checksummed on the way. Nothing is ever unpickled. The safetensors file is standard:
+`safetensors.safe_open(path, "np")` reads it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import _tree
+from ..errors import CheckpointError, CorruptCheckpointError
+from ..storage import StepWriter
+from .base import StepReader, convert_to_like, host_copy, register_format
+
+ARRAYS_FILE = "arrays.safetensors"
+STRUCTURE_FILE = "tree.json"
+STRUCTURE_VERSION = 1
+
+# numpy / torch dtype name <-> safetensors dtype code
+_CODES = {
+    "bool": "BOOL",
+    "uint8": "U8",
+    "int8": "I8",
+    "int16": "I16",
+    "uint16": "U16",
+    "int32": "I32",
+    "uint32": "U32",
+    "int64": "I64",
+    "uint64": "U64",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "float32": "F32",
+    "float64": "F64",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
+}
+_NAMES = {code: name for name, code in _CODES.items()}
+
+
+def numpy_dtype(name: str) -> np.dtype[Any]:
+    if name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
+        import ml_dtypes
+
+        return np.dtype(getattr(ml_dtypes, name))
+    return np.dtype(name)
+
+
+@dataclass
+class _Array:
+    name: str
+    code: str
+    shape: tuple[int, ...]
+    data: Any  # numpy array, torch tensor or jax array; turned into bytes only when written
+
+
+@dataclass
+class Encoded:
+    """A state taken apart: the JSON structure and the arrays it points to."""
+
+    structure: Any
+    arrays: list[_Array] = field(default_factory=list)
+
+
+def encode(state: Any, *, copy: bool) -> Encoded:
+    """Take `state` apart; with `copy`, arrays are host copies the caller can no longer mutate."""
+    out = Encoded(None)
+    taken: set[str] = set()
+    out.structure = _encode(state, (), out, taken, copy)
+    return out
+
+
+def _encode(node: Any, path: tuple[Any, ...], out: Encoded, taken: set[str], copy: bool) -> Any:
+    if node is None:
+        return {"t": "none"}
+    if isinstance(node, bool):
+        return {"t": "bool", "v": node}
+    if isinstance(node, int):
+        return {"t": "int", "v": node}
+    if isinstance(node, float):
+        return {"t": "float", "v": node}
+    if isinstance(node, str):
+        return {"t": "str", "v": node}
+    if isinstance(node, bytes):
+        return {"t": "bytes", "v": base64.b64encode(node).decode()}
+    if _tree.is_array(node):
+        return _encode_array(node, path, out, taken, copy)
+    if isinstance(node, dict):
+        for k in node:
+            if not isinstance(k, str | int) or isinstance(k, bool):
+                raise TypeError(
+                    f"the tree format stores dict keys that are str or int; {_tree.path_str(path)!r} "
+                    f"has key {k!r} of type {type(k).__qualname__}. HINT: use format='pickle'."
+                )
+        return {
+            "t": "dict",
+            "k": list(node),
+            "v": [_encode(v, (*path, k), out, taken, copy) for k, v in node.items()],
+        }
+    kids = _tree.children(node)
+    if kids is None:
+        list(_tree.iter_leaves(node, path))  # raises the descriptive TypeError
+    assert kids is not None
+    kind = "list" if isinstance(node, list) else "tuple" if isinstance(node, tuple) else "node"
+    doc: dict[str, Any] = {
+        "t": kind,
+        "v": [_encode(c, (*path, k), out, taken, copy) for k, c in kids],
+    }
+    if kind == "node" or (kind == "tuple" and hasattr(type(node), "_fields")) or kind == "dict":
+        doc["k"] = [k for k, _ in kids]
+        doc["type"] = f"{type(node).__module__}.{type(node).__qualname__}"
+    return doc
+
+
+def _encode_array(
+    node: Any, path: tuple[Any, ...], out: Encoded, taken: set[str], copy: bool
+) -> Any:
+    name = _tree.path_str(path)
+    while name in taken:  # only when int and str keys of one dict print alike
+        name += "#"
+    taken.add(name)
+    doc: dict[str, Any] = {"t": "array", "name": name}
+    if _tree.is_jax_key(node):
+        import jax
+
+        doc.update(
+            kind="jax_key",
+            impl=str(jax.random.key_impl(node)),
+            dtype=str(node.dtype),
+            key_shape=list(node.shape),
+        )
+        data: Any = jax.random.key_data(node)
+        dtype_name = "uint32"
+    elif _tree.is_jax_array(node):
+        doc["kind"] = "jax"
+        data, dtype_name = node, str(node.dtype)  # immutable: no copy needed, even async
+    elif _tree.is_torch_tensor(node):
+        doc["kind"] = "torch"
+        data = host_copy(node) if copy or node.device.type != "cpu" else node.detach()
+        dtype_name = str(data.dtype).removeprefix("torch.")
+    else:
+        doc["kind"] = "numpy" if isinstance(node, np.ndarray) else "numpy_scalar"
+        arr = np.asarray(node)
+        data = arr.copy() if copy and isinstance(node, np.ndarray) else arr
+        dtype_name = arr.dtype.name
+    code = _CODES.get(dtype_name)
+    if code is None:
+        raise TypeError(
+            f"the tree format cannot store dtype {dtype_name} (at {name!r}); it stores "
+            f"{sorted(_CODES)}. HINT: cast the array, or use format='pickle'."
+        )
+    out.arrays.append(_Array(name, code, tuple(int(d) for d in data.shape), data))
+    return doc
+
+
+def _torch_as_numpy(t: Any) -> np.ndarray:
+    """A numpy view of a CPU tensor's memory; dtypes numpy lacks are viewed as same-size ints."""
+    if t.dtype.is_floating_point and t.element_size() <= 2 and str(t.dtype) != "torch.float16":
+        import torch
+
+        t = t.view(torch.int16 if t.element_size() == 2 else torch.uint8)
+    return t.numpy()
+
+
+def _as_bytes(data: Any) -> memoryview:
+    """A flat byte view of an array's memory (a copy only for non-contiguous arrays)."""
+    if _tree.is_torch_tensor(data):
+        arr = _torch_as_numpy(data.detach().contiguous())
+    else:
+        arr = np.asarray(data)  # a CPU jax array is not copied here
+    arr = np.ascontiguousarray(arr)
+    return arr.reshape(-1).view(np.uint8).data
+
+
+def _safetensors_header(arrays: list[_Array]) -> bytes:
+    header: dict[str, Any] = {"__metadata__": {"writer": "ckpt_core"}}
+    offset = 0
+    for a in arrays:
+        nbytes = int(np.prod(a.shape, dtype=np.int64)) * numpy_dtype(_NAMES[a.code]).itemsize
+        header[a.name] = {
+            "dtype": a.code,
+            "shape": list(a.shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw
+
+
+class TreeFormat:
+    """Nested dict/list/tuple of arrays and scalars; numpy, torch and jax leaves; never unpickles."""
+
+    name = "tree"
+    main_file = "arrays.safetensors"
+
+    def accepts(self, state: Any) -> bool:
+        try:
+            _check_storable(state)
+        except TypeError:
+            return False
+        return True
+
+    def snapshot(self, state: Any) -> Encoded:
+        return encode(state, copy=True)
+
+    def write(self, state: Any, writer: StepWriter) -> None:
+        enc = state if isinstance(state, Encoded) else encode(state, copy=False)
+        with writer.open(ARRAYS_FILE) as f:
+            f.write(_safetensors_header(enc.arrays))
+            for a in enc.arrays:
+                f.write(_as_bytes(a.data))
+        doc = {"tree_format": STRUCTURE_VERSION, "structure": enc.structure}
+        with writer.open(STRUCTURE_FILE) as f:
+            f.write(json.dumps(doc, separators=(",", ":")).encode())
+
+    def read(self, reader: StepReader, like: Any = None) -> Any:
+        structure = read_structure(reader)
+        saved_arrays: dict[str, Any] = {}  # name -> node
+        _collect_arrays(structure, saved_arrays)
+        with reader.open(ARRAYS_FILE) as f:
+            header = _read_header(f)
+            where = reader.display(ARRAYS_FILE)
+            if set(header) != set(saved_arrays):
+                raise CorruptCheckpointError(
+                    f"{where} holds arrays {sorted(set(header) ^ set(saved_arrays))[:5]} that "
+                    f"{STRUCTURE_FILE} does not describe (or the reverse).",
+                    path=where,
+                )
+            targets: dict[str, Any] = {}
+            like_leaves: dict[str, Any] = {}
+            if like is not None:
+                _tree.check_structure(
+                    like, describe(structure, header), f"step {reader.manifest.step}"
+                )
+                like_leaves = {_tree.path_str(p): leaf for p, leaf in _tree.iter_leaves(like)}
+            order = sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0])
+            for name, info in order:
+                node = saved_arrays[name]
+                target_kind = _kind_of(like_leaves.get(node["path"])) or node["kind"]
+                buf, view = _allocate(info, target_kind)
+                f.read_exactly(view)
+                targets[name] = buf
+            f.verify()
+        if like is None:
+            return _decode(structure, targets)
+        saved = saved_by_path(structure)
+        return _tree.rebuild_like(like, lambda p, leaf: _from_saved(saved, targets, p, leaf))
+
+
+def _check_storable(node: Any) -> None:
+    """What `encode` checks, without touching any array memory (for `format="auto"`)."""
+    kids = _tree.children(node)
+    if kids is None:
+        if not _tree.is_leaf(node):
+            raise TypeError(type(node))
+        d = _tree.describe_leaf(node)
+        if d is not None and not d[0].startswith("key<") and d[0] not in _CODES:
+            raise TypeError(d[0])
+        return
+    if isinstance(node, dict) and not all(
+        isinstance(k, str | int) and not isinstance(k, bool) for k in node
+    ):
+        raise TypeError("dict keys")
+    for _, child in kids:
+        _check_storable(child)
+
+
+def read_structure(reader: StepReader) -> Any:
+    raw = reader.read_bytes(STRUCTURE_FILE)
+    try:
+        doc = json.loads(raw)
+        if doc["tree_format"] != STRUCTURE_VERSION:
+            raise CheckpointError(
+                f"{reader.display(STRUCTURE_FILE)} is tree format version {doc['tree_format']}, "
+                f"this ckpt-core reads {STRUCTURE_VERSION}: upgrade ckpt-core."
+            )
+        structure = doc["structure"]
+        _annotate_paths(structure, ())
+        return structure
+    except (ValueError, KeyError, TypeError) as e:
+        raise CorruptCheckpointError(
+            f"{reader.display(STRUCTURE_FILE)} is not a valid tree structure ({e!r}).",
+            path=reader.display(STRUCTURE_FILE),
+        ) from None
+
+
+def _annotate_paths(node: Any, path: tuple[Any, ...]) -> None:
+    """Give every array node its path string (the same string `like`'s leaves get)."""
+    if not isinstance(node, dict) or not isinstance(node.get("t"), str):
+        raise TypeError(f"bad node at {_tree.path_str(path)}")
+    t = node["t"]
+    if t == "array":
+        if not isinstance(node.get("name"), str):
+            raise TypeError(f"array without name at {_tree.path_str(path)}")
+        node["path"] = _tree.path_str(path)
+    elif t in ("dict", "list", "tuple", "node"):
+        values = node["v"]
+        keys = node.get("k") or list(range(len(values)))
+        if not isinstance(values, list) or len(keys) != len(values):
+            raise TypeError(f"bad container at {_tree.path_str(path)}")
+        for k, v in zip(keys, values):
+            _annotate_paths(v, (*path, k))
+
+
+def _collect_arrays(node: Any, out: dict[str, Any]) -> None:
+    if node["t"] == "array":
+        out[node["name"]] = node
+    elif "v" in node and isinstance(node["v"], list):
+        for v in node["v"]:
+            _collect_arrays(v, out)
+
+
+def _leaf_value(node: Any) -> Any:
+    t = node["t"]
+    if t == "none":
+        return None
+    if t == "bytes":
+        return base64.b64decode(node["v"])
+    if t in ("bool", "int", "float", "str"):
+        return {"bool": bool, "int": int, "float": float, "str": str}[t](node["v"])
+    raise CorruptCheckpointError(f"unknown node type {t!r} in {STRUCTURE_FILE}")
+
+
+def saved_by_path(structure: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, path: tuple[Any, ...]) -> None:
+        if node["t"] in ("dict", "list", "tuple", "node"):
+            keys = node.get("k") or list(range(len(node["v"])))
+            for k, v in zip(keys, node["v"]):
+                walk(v, (*path, k))
+        else:
+            out[_tree.path_str(path)] = node
+
+    walk(structure, ())
+    return out
+
+
+def describe(structure: Any, header: dict[str, Any]) -> dict[str, Any]:
+    """path -> (dtype name, shape) for arrays, None for scalars: what `check_structure` compares."""
+    out: dict[str, Any] = {}
+    for path, node in saved_by_path(structure).items():
+        if node["t"] != "array":
+            out[path] = None
+        elif node.get("kind") == "jax_key":
+            out[path] = (node["dtype"], tuple(node["key_shape"]))
+        else:
+            info = header[node["name"]]
+            out[path] = (_NAMES.get(info["dtype"], info["dtype"]), tuple(info["shape"]))
+    return out
+
+
+def _read_header(f: Any) -> dict[str, Any]:
+    lenbuf = bytearray(8)
+    f.read_exactly(lenbuf)
+    (n,) = struct.unpack("<Q", lenbuf)
+    if n > 1 << 30:
+        raise CorruptCheckpointError(f"{f.name}: safetensors header of {n} bytes", path=f.name)
+    raw = bytearray(n)
+    f.read_exactly(raw)
+    try:
+        header = json.loads(bytes(raw))
+    except ValueError as e:
+        raise CorruptCheckpointError(
+            f"{f.name}: unreadable safetensors header ({e})", path=f.name
+        ) from None
+    header.pop("__metadata__", None)
+    for name, info in header.items():
+        if info.get("dtype") not in _NAMES:
+            raise CorruptCheckpointError(
+                f"{f.name}: array {name!r} has unknown dtype {info.get('dtype')!r}", path=f.name
+            )
+    return header
+
+
+def _kind_of(like_leaf: Any) -> str | None:
+    if like_leaf is None:
+        return None
+    if _tree.is_torch_tensor(like_leaf):
+        return "torch"
+    if _tree.is_jax_array(like_leaf):
+        return "jax"
+    return "numpy"
+
+
+def _allocate(info: dict[str, Any], kind: str) -> tuple[Any, memoryview]:
+    """An empty array of `kind` for a safetensors entry, and a writable byte view of its memory."""
+    name = _NAMES[info["dtype"]]
+    shape = tuple(info["shape"])
+    if kind == "torch":
+        import torch
+
+        t = torch.empty(shape, dtype=getattr(torch, name))
+        return t, _torch_as_numpy(t.reshape(-1)).view(np.uint8).data
+    arr = np.empty(shape, dtype=numpy_dtype(name))
+    return arr, arr.reshape(-1).view(np.uint8).data
+
+
+def _restore_array(node: Any, buf: Any) -> Any:
+    kind = node.get("kind")
+    if kind == "jax_key":
+        import jax
+
+        return jax.random.wrap_key_data(buf, impl=node["impl"])
+    if kind == "jax":
+        import jax.numpy as jnp
+
+        return jnp.asarray(buf)
+    if kind == "numpy_scalar":
+        return buf[()]
+    return buf
+
+
+def _decode(node: Any, arrays: dict[str, Any]) -> Any:
+    t = node["t"]
+    if t == "array":
+        return _restore_array(node, arrays[node["name"]])
+    if t == "dict":
+        return {k: _decode(v, arrays) for k, v in zip(node["k"], node["v"])}
+    if t == "node":  # a JAX pytree node: without `like`, its fields come back as a dict
+        return {k: _decode(v, arrays) for k, v in zip(node["k"], node["v"])}
+    if t == "list":
+        return [_decode(v, arrays) for v in node["v"]]
+    if t == "tuple":
+        return tuple(_decode(v, arrays) for v in node["v"])
+    return _leaf_value(node)
+
+
+def _from_saved(saved: dict[str, Any], arrays: dict[str, Any], path: Any, like_leaf: Any) -> Any:
+    node = saved[_tree.path_str(path)]
+    if node["t"] != "array":
+        return convert_to_like(_leaf_value(node), like_leaf)
+    buf = arrays[node["name"]]
+    if node.get("kind") == "jax_key" and not _tree.is_jax_key(like_leaf):
+        return _restore_array(node, buf)
+    return convert_to_like(buf, like_leaf)
+
+
+register_format(TreeFormat())

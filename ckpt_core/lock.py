@@ -1,0 +1,98 @@
+"""The single-writer lock: `flock` on local disks, an expiring lease object on object stores.
+
+A local lock dies with its process (the kernel drops `flock` locks of a killed process), so a
+lock left by a dead writer is simply taken. Object stores have no such primitive: there the
+lock is a lease object naming its owner and an expiry, refreshed while the manager is open.
+The lease is advisory: two writers that start within one refresh interval can both win.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointLockedError
+
+
+def _describe(holder: dict[str, Any] | None) -> str:
+    if not holder:
+        return "an unknown process"
+    return (
+        f"pid {holder.get('pid')} on host {holder.get('host')!r} "
+        f"(since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.get('since', 0)))})"
+    )
+
+
+def _locked_error(where: str, holder: dict[str, Any] | None) -> CheckpointLockedError:
+    return CheckpointLockedError(
+        f"{where} is being written by {_describe(holder)}. Only one writer may use a checkpoint "
+        "directory at a time. HINT: stop the other run, write to another directory, or open "
+        "this one with read_only=True to inspect and restore."
+    )
+
+
+class FileLock:
+    """An exclusive `flock` on `<dir>/.lock`, holding the owner's description for messages."""
+
+    def __init__(self, path: Path, owner: dict[str, Any]) -> None:
+        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = None
+            with contextlib.suppress(ValueError, OSError):
+                holder = json.loads(os.pread(self._fd, 4096, 0) or b"null")
+            os.close(self._fd)
+            self._fd = None
+            raise _locked_error(str(path.parent), holder) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, json.dumps(owner).encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+class LeaseLock:
+    """A lease object `{owner, pid, host, expires}` refreshed by a daemon thread."""
+
+    def __init__(self, fs: Any, url: str, owner: dict[str, Any], ttl: float = 60.0) -> None:
+        self._fs, self._url, self._ttl = fs, url, ttl
+        self._owner = dict(owner)
+        now = time.time()
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            holder = json.loads(fs.cat_file(url))
+            if holder.get("token") != owner["token"] and float(holder.get("expires", 0)) > now:
+                raise _locked_error(url.rsplit("/", 1)[0], holder)
+        self._write()
+        current = json.loads(fs.cat_file(url))
+        if current.get("token") != owner["token"]:
+            raise _locked_error(url.rsplit("/", 1)[0], current)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._refresh, name="ckpt-lease", daemon=True)
+        self._thread.start()
+
+    def _write(self) -> None:
+        self._fs.pipe_file(
+            self._url, json.dumps({**self._owner, "expires": time.time() + self._ttl}).encode()
+        )
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(self._ttl / 3):
+            with contextlib.suppress(Exception):  # a missed refresh is retried; expiry is far
+                self._write()
+
+    def release(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(Exception):
+            holder = json.loads(self._fs.cat_file(self._url))
+            if holder.get("token") == self._owner["token"]:
+                self._fs.rm_file(self._url)

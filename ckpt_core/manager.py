@@ -1,0 +1,689 @@
+"""`CheckpointManager`: saves, retains, tracks best, resumes and restores the steps of one run."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import signal
+import socket
+import threading
+import time
+import warnings
+import weakref
+import zipfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, Literal
+
+from . import layout
+from .errors import (
+    CheckpointError,
+    CheckpointExistsError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+)
+from .formats.base import Format, StepReader, auto_format, get_format
+from .info import CheckpointInfo
+from .manifest import Manifest, library_versions, to_float_metrics
+from .retention import BestFn, RetentionPolicy
+from .storage import Storage, new_token, open_storage, translate_os_error
+
+OnExisting = Literal["error", "resume", "overwrite"]
+StepSpec = int | Literal["latest", "best"] | None
+
+_LIVE: weakref.WeakSet[CheckpointManager] = weakref.WeakSet()
+
+
+class CheckpointManager:
+    """Saves the steps of one training run into a directory and brings them back.
+
+    Every save is atomic: a step appears complete, with its manifest, or not at all, and a
+    failed or killed save never touches an earlier step. Retention, best tracking and resume
+    are derived from the manifests on disk, so nothing is lost with the process.
+
+    Example:
+        >>> with CheckpointManager("runs/exp", max_to_keep=3, best_fn="loss",
+        ...                        on_existing="resume") as mgr:
+        ...     state = mgr.restore(like=state) if mgr.resuming else state
+        ...     start = mgr.latest_step() + 1 if mgr.resuming else 0
+        ...     for step in range(start, 1000):
+        ...         state, loss = train_step(state)
+        ...         mgr.save(step, state, metrics={"loss": loss})
+
+    Args:
+        directory: a local path or an fsspec URL (`s3://bucket/run`, `memory://x`).
+        max_to_keep: keep the N most recent steps (None: keep all).
+        keep_period: steps divisible by this are never deleted.
+        best_fn: a metric name, or a function of the metrics dict returning a score.
+        best_mode: "min" or "max": which scores are better.
+        keep_best: with `best_fn`, also keep the K best steps.
+        save_interval_steps: `save` writes only when `step % save_interval_steps == 0`
+            (None: never by step count, only by time, signal or `force`).
+        save_interval_secs: also save when this many seconds passed since the last save.
+        save_on_signals: signals (e.g. `(signal.SIGTERM,)`) after which the next
+            `should_save` is True, so a preempted job saves before it goes.
+        on_existing: what to do when `directory` already holds steps: "error", "resume" or
+            "overwrite".
+        read_only: open only to inspect and restore; any write raises.
+        format: "auto", "tree", "torch", "orbax", "pickle", or a `Format` object.
+        async_save: `save` returns once a host copy is taken; a background thread writes.
+        allow_pickle: allow restoring `pickle` steps (unpickling can run code).
+        storage_options: passed to fsspec for URL directories; never written to disk.
+
+    Raises:
+        CheckpointExistsError: steps exist and `on_existing="error"`.
+        CheckpointLockedError: another live process is writing to `directory`.
+        ValueError: an option is out of range.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        max_to_keep: int | None = 5,
+        keep_period: int | None = None,
+        best_fn: BestFn | None = None,
+        best_mode: Literal["min", "max"] = "min",
+        keep_best: int = 1,
+        save_interval_steps: int | None = 1,
+        save_interval_secs: float | None = None,
+        save_on_signals: Iterable[int] = (),
+        on_existing: OnExisting = "error",
+        read_only: bool = False,
+        format: str | Format = "auto",
+        async_save: bool = False,
+        allow_pickle: bool = False,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        self._policy = RetentionPolicy(max_to_keep, keep_period, best_fn, best_mode, keep_best)
+        if save_interval_steps is not None and (
+            not isinstance(save_interval_steps, int) or save_interval_steps < 1
+        ):
+            raise ValueError(
+                f"save_interval_steps must be a positive integer or None, got {save_interval_steps!r}"
+            )
+        if save_interval_secs is not None and not save_interval_secs > 0:
+            raise ValueError(f"save_interval_secs must be positive, got {save_interval_secs!r}")
+        if on_existing not in ("error", "resume", "overwrite"):
+            raise ValueError(
+                f"on_existing must be 'error', 'resume' or 'overwrite', got {on_existing!r}"
+            )
+        if isinstance(format, str) and format != "auto":
+            get_format(format)  # unknown names fail here, not at the first save
+        self._format = format
+        self._save_interval_steps = save_interval_steps
+        self._save_interval_secs = save_interval_secs
+        self._async = async_save
+        self._allow_pickle = allow_pickle
+        self._read_only = read_only
+        self._storage: Storage = open_storage(directory, storage_options)
+        self._mutex = threading.RLock()
+        self._pending: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+        self._lock: Any = None
+        self._signal_received: int | None = None
+        self._previous_handlers: dict[int, Any] = {}
+        self._pointers: dict[str, str | None] = {}
+        self.resuming = False
+
+        if not read_only:
+            self._lock = self._storage.acquire_lock(
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "since": time.time(),
+                    "token": new_token(),
+                }
+            )
+        try:
+            if not read_only:
+                self._storage.sweep()
+            self._infos = self._scan()
+            if not read_only and self._infos:
+                self._apply_on_existing(on_existing)
+            self._install_signal_handlers(tuple(save_on_signals))
+        except BaseException:
+            self._release_lock()
+            raise
+        self._last_save = time.monotonic()
+        _LIVE.add(self)
+
+    # ------------------------------------------------------------------ opening
+
+    def _scan(self) -> dict[int, CheckpointInfo]:
+        infos: dict[int, CheckpointInfo] = {}
+        for name in self._storage.list_names():
+            step = layout.parse_step(name)
+            if step is None:
+                continue
+            manifest = self._read_manifest(name, quiet=True)
+            if manifest is not None and manifest.step == step:
+                infos[step] = self._info_of(manifest)
+        return infos
+
+    def _read_manifest(self, name: str, *, quiet: bool = False) -> Manifest | None:
+        where = self._storage.join(name, layout.MANIFEST)
+        try:
+            raw = self._storage.read_bytes(f"{name}/{layout.MANIFEST}")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            if quiet:
+                return None
+            raise CorruptCheckpointError(
+                f"{where} is missing: {self._storage.join(name)} is not a committed step.",
+                path=where,
+            ) from None
+        try:
+            return Manifest.from_json(raw, where)
+        except CorruptCheckpointError:
+            if quiet:
+                return None
+            raise
+
+    def _info_of(self, manifest: Manifest) -> CheckpointInfo:
+        return CheckpointInfo(
+            step=manifest.step,
+            time=manifest.time,
+            metrics=manifest.metrics,
+            metadata=manifest.metadata,
+            path=self.path_of(layout.step_dirname(manifest.step)),
+            bytes=manifest.nbytes,
+            format=manifest.format,
+        )
+
+    def _apply_on_existing(self, on_existing: OnExisting) -> None:
+        latest = max(self._infos)
+        if on_existing == "error":
+            raise CheckpointExistsError(
+                f"{self._storage.root} already holds {len(self._infos)} committed checkpoint(s), "
+                f"the latest at step {latest}. HINT: pass on_existing='resume' to continue from "
+                f"step {latest}, on_existing='overwrite' to delete them and start over, or use "
+                "another directory (adapters: resume=True / overwrite=True)."
+            )
+        if on_existing == "overwrite":
+            self._remove_owned()
+            return
+        self._quarantine_damaged_newest()
+        self.resuming = bool(self._infos)
+
+    def _quarantine_damaged_newest(self) -> None:
+        """Verify the newest step; move damaged ones aside (never delete) until one is intact."""
+        candidates = sorted(
+            (s for n in self._storage.list_names() if (s := layout.parse_step(n)) is not None),
+            reverse=True,
+        )
+        for step in candidates:
+            name = layout.step_dirname(step)
+            try:
+                manifest = self._read_manifest(name)
+                assert manifest is not None
+                self._reader(manifest).verify_all()
+                return
+            except CorruptCheckpointError as e:
+                aside = layout.corrupt_dirname(step, int(time.time()))
+                warnings.warn(
+                    f"step {step} in {self._storage.root} is damaged ({e}); moved aside to "
+                    f"{aside} and resuming from the newest intact step instead.",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                self._storage.rename(name, aside)
+                self._infos.pop(step, None)
+        self._refresh_pointers()
+
+    def _remove_owned(self) -> None:
+        for name in self._storage.list_names():
+            if layout.parse_step(name) is not None:
+                self._storage.delete_step(name)
+            elif layout.is_owned(name):
+                self._storage.remove(name)
+        self._infos = {}
+        self._pointers = {}
+
+    # ------------------------------------------------------------------ saving
+
+    def should_save(self, step: int) -> bool:
+        """Whether `save(step, ...)` would write: the step interval, time interval or a signal."""
+        if self._signal_received is not None:
+            return True
+        if self._save_interval_steps is not None and step % self._save_interval_steps == 0:
+            return True
+        return (
+            self._save_interval_secs is not None
+            and time.monotonic() - self._last_save >= self._save_interval_secs
+        )
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        *,
+        metrics: Mapping[str, Any] | None = None,
+        metadata: Any = None,
+        force: bool = False,
+    ) -> bool:
+        """Save `state` as step `step` if it is due (or `force`).
+
+        Args:
+            step: the training step, a non-negative integer.
+            state: the tree to save (see the formats).
+            metrics: numbers (Python, numpy, torch or jax scalars), stored as floats and
+                used by `best_fn`.
+            metadata: anything JSON-serialisable, stored in the manifest.
+            force: save even if `should_save(step)` is False.
+
+        Returns:
+            True if a checkpoint was written (or, with `async_save`, is being written).
+
+        Raises:
+            CheckpointError: the manager is read-only or closed, or an earlier background
+                save failed (its error is raised here).
+            DiskFullError: the disk filled up; nothing was committed.
+        """
+        self._check_writable()
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise ValueError(f"step must be a non-negative integer, got {step!r}")
+        if not force and not self.should_save(step):
+            return False
+        floats = to_float_metrics(metrics)
+        try:
+            json.dumps(metadata, allow_nan=True)
+        except (TypeError, ValueError) as e:
+            raise TypeError(
+                f"metadata must be JSON-serialisable ({e}); HINT: put arrays in the state instead."
+            ) from None
+        if (problem := self._policy.missing_metric(floats)) is not None:
+            warnings.warn(f"step {step}: {problem}", RuntimeWarning, stacklevel=2)
+        fmt = auto_format(state) if self._format == "auto" else self._resolve(self._format)
+        if self._async:
+            self.wait()  # at most one save in flight: memory stays bounded
+            snapshot = fmt.snapshot(state)
+            thread = threading.Thread(
+                target=self._write_in_background,
+                args=(step, fmt, snapshot, floats, metadata),
+                name=f"ckpt-save-{step}",
+                daemon=False,  # the interpreter waits for it at exit: a last save is never lost
+            )
+            self._pending = thread
+            thread.start()
+        else:
+            self._write(step, fmt, state, floats, metadata)
+        self._last_save = time.monotonic()
+        self._signal_received = None
+        return True
+
+    @staticmethod
+    def _resolve(fmt: str | Format) -> Format:
+        return get_format(fmt) if isinstance(fmt, str) else fmt
+
+    def _write_in_background(self, *args: Any) -> None:
+        try:
+            self._write(*args)
+        except BaseException as e:  # surfaced by the next save, wait or close
+            self._error = e
+
+    def _write(
+        self, step: int, fmt: Format, state: Any, metrics: dict[str, float], metadata: Any
+    ) -> None:
+        name = layout.step_dirname(step)
+        writer = self._storage.begin_step(name)
+        try:
+            fmt.write(state, writer)
+            files = writer.seal()
+            manifest = Manifest(
+                step=step,
+                format=fmt.name,
+                files=files,
+                metrics=metrics,
+                metadata=metadata,
+                versions=library_versions(),
+                payload_dir=writer.payload_dir,
+            )
+            writer.commit(manifest.to_json())
+        except BaseException as e:
+            writer.abort()
+            if isinstance(e, OSError):
+                raise translate_os_error(e, self._storage.join(name)) from e
+            raise
+        with self._mutex:
+            self._infos[step] = self._info_of(manifest)
+            for doomed in self._policy.to_delete(list(self._infos.values())):
+                self._storage.delete_step(layout.step_dirname(doomed))
+                del self._infos[doomed]
+            self._refresh_pointers()
+
+    def _refresh_pointers(self) -> None:
+        """Keep the `latest` and `best` pointer files current (for people and tools)."""
+        targets = {
+            layout.LATEST_POINTER: self.latest_step(),
+            layout.BEST_POINTER: self.best_step(),
+        }
+        for pointer, step in targets.items():
+            value = None if step is None else layout.step_dirname(step)
+            if self._pointers.get(pointer, "?") == value:
+                continue
+            if value is None:
+                self._storage.remove(pointer)
+            else:
+                self._storage.write_small(pointer, f"{value}\n".encode())
+            self._pointers[pointer] = value
+
+    def wait(self) -> None:
+        """Block until the background save (if any) is committed; raise its error if it failed."""
+        thread = self._pending
+        if thread is not None:
+            thread.join()
+            self._pending = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise CheckpointError(f"a background save failed: {error}") from error
+
+    # ------------------------------------------------------------------ reading
+
+    def latest_step(self) -> int | None:
+        """The newest committed step, or None."""
+        with self._mutex:
+            return max(self._infos, default=None)
+
+    def best_step(self) -> int | None:
+        """The best committed step by `best_fn`, or None (no `best_fn`, or nothing ranked)."""
+        with self._mutex:
+            return self._policy.best_step(list(self._infos.values()))
+
+    def all_steps(self) -> list[int]:
+        """Every committed step, ascending."""
+        with self._mutex:
+            return sorted(self._infos)
+
+    def path_of(self, name: str) -> Path | str:
+        full = self._storage.join(name)
+        return Path(full) if self._storage.is_local else full
+
+    def path(self, step: int) -> Path | str:
+        """The directory of step `step` (a `Path` locally, a URL string on object stores)."""
+        return self.path_of(layout.step_dirname(self._resolve_step(step)))
+
+    def payload_path(self, step: StepSpec = None) -> Path | str:
+        """The main payload file of a step (`state.pt` for the torch format), for other tools."""
+        step = self._resolve_step(step)
+        manifest = self._manifest(step)
+        main = getattr(get_format(manifest.format), "main_file", None)
+        parts = [layout.step_dirname(step), manifest.payload_dir, main or ""]
+        return self.path_of("/".join(p for p in parts if p))
+
+    def info(self, step: StepSpec = None) -> CheckpointInfo:
+        """What the manifest says about `step`, and why retention keeps it."""
+        step = self._resolve_step(step)
+        with self._mutex:
+            reasons = self._policy.reasons(list(self._infos.values()))
+            return _replace(self._infos[step], kept_because=reasons.get(step, ()))
+
+    def metrics(self, step: StepSpec = None) -> Mapping[str, float]:
+        return self.info(step).metrics
+
+    def metadata(self, step: StepSpec = None) -> Any:
+        return self.info(step).metadata
+
+    def restore(self, step: StepSpec = None, *, like: Any = None, lazy: bool = False) -> Any:
+        """Read a committed step back, verifying every file's size and checksum.
+
+        Args:
+            step: an int, "latest" (also None) or "best".
+            like: a tree to restore into: the result has its structure and leaf types (torch
+                tensors on its devices, jax arrays in its shardings).
+            lazy: memory-map payloads where the format can (`torch`), instead of reading them.
+
+        Raises:
+            CheckpointNotFoundError: no such step.
+            StructureMismatchError: `like` differs; the message names every differing path.
+            CorruptCheckpointError: a file is missing or damaged; the message names it.
+            UnsafeFormatError: the step is a pickle and `allow_pickle` is False.
+        """
+        if self._pending is not None:
+            self.wait()
+        step = self._resolve_step(step)
+        manifest = self._manifest(step)
+        return get_format(manifest.format).read(self._reader(manifest, lazy), like)
+
+    def _reader(self, manifest: Manifest, lazy: bool = False) -> StepReader:
+        return StepReader(
+            self._storage,
+            layout.step_dirname(manifest.step),
+            manifest,
+            allow_pickle=self._allow_pickle,
+            lazy=lazy,
+        )
+
+    def verify(self, step: StepSpec = None) -> None:
+        """Check every file of `step` against its manifest; raises CorruptCheckpointError."""
+        self._reader(self._manifest(self._resolve_step(step))).verify_all()
+
+    def _manifest(self, step: int) -> Manifest:
+        manifest = self._read_manifest(layout.step_dirname(step))
+        assert manifest is not None
+        return manifest
+
+    def _resolve_step(self, step: StepSpec) -> int:
+        with self._mutex:
+            if step is None or step == "latest":
+                found = self.latest_step()
+                what = "latest"
+            elif step == "best":
+                if self._policy.best_fn is None:
+                    raise CheckpointNotFoundError(
+                        f"restore('best') needs a best_fn; {self._storage.root} was opened "
+                        "without one. HINT: CheckpointManager(..., best_fn='val_loss')."
+                    )
+                found = self.best_step()
+                what = "best"
+            elif isinstance(step, int) and not isinstance(step, bool):
+                found = step if step in self._infos else None
+                what = f"step {step}"
+            else:
+                raise ValueError(f"step must be an int, 'latest', 'best' or None, got {step!r}")
+            if found is None:
+                raise CheckpointNotFoundError(
+                    f"no {what} checkpoint in {self._storage.root}; committed steps: "
+                    f"{_short(sorted(self._infos))}."
+                )
+            return found
+
+    def reload(self) -> None:
+        """Re-read the directory (for read-only managers watching a run that is still writing)."""
+        with self._mutex:
+            self._infos = self._scan()
+
+    # ------------------------------------------------------------------ run level
+
+    def _run_doc(self) -> dict[str, Any]:
+        try:
+            doc = json.loads(self._storage.read_bytes(layout.RUN_FILE))
+            return doc if isinstance(doc, dict) else {}
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    @property
+    def run_metadata(self) -> dict[str, Any]:
+        """Run-level JSON (config, seed, ...) kept in `run.json` beside the steps."""
+        meta = self._run_doc().get("metadata", {})
+        return meta if isinstance(meta, dict) else {}
+
+    def update_run_metadata(self, values: Mapping[str, Any]) -> None:
+        """Merge `values` into the run metadata (written atomically)."""
+        self._check_writable()
+        doc = self._run_doc()
+        doc["metadata"] = {**doc.get("metadata", {}), **values}
+        self._write_run_doc(doc)
+
+    def _write_run_doc(self, doc: dict[str, Any]) -> None:
+        try:
+            raw = json.dumps(doc, indent=1).encode()
+        except TypeError as e:
+            raise TypeError(f"run metadata must be JSON-serialisable: {e}") from None
+        self._storage.write_small(layout.RUN_FILE, raw)
+
+    def mark_complete(self) -> None:
+        """Record that the run finished; adapters treat resuming it as a no-op."""
+        self._check_writable()
+        self.wait()
+        doc = self._run_doc()
+        doc.update(complete=True, completed_at=time.time(), final_step=self.latest_step())
+        self._write_run_doc(doc)
+
+    @property
+    def is_complete(self) -> bool:
+        return bool(self._run_doc().get("complete", False))
+
+    @property
+    def directory(self) -> str:
+        return self._storage.root
+
+    @property
+    def storage(self) -> Storage:
+        return self._storage
+
+    @property
+    def policy(self) -> RetentionPolicy:
+        return self._policy
+
+    @property
+    def preemption_signal(self) -> int | None:
+        """The signal received since the last save, if any (the run should save and stop)."""
+        return self._signal_received
+
+    def size_bytes(self) -> int:
+        """The payload bytes of all committed steps."""
+        with self._mutex:
+            return sum(i.bytes for i in self._infos.values())
+
+    def backup(self, path: str | os.PathLike[str]) -> Path:
+        """Write a zip of every committed step (and `run.json`) to `path`; returns its path."""
+        self.wait()
+        target = Path(path)
+        tmp = target.with_name(target.name + ".partial")
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for step in self.all_steps():
+                name = layout.step_dirname(step)
+                manifest = self._manifest(step)
+                for file in sorted(manifest.files):
+                    rel = "/".join(p for p in (name, manifest.payload_dir, file) if p)
+                    with (
+                        self._storage.open_read(rel) as src,
+                        zf.open(rel, "w", force_zip64=True) as dst,
+                    ):
+                        while chunk := src.read(8 << 20):
+                            dst.write(chunk)
+                zf.writestr(f"{name}/{layout.MANIFEST}", manifest.to_json())
+            with contextlib.suppress(FileNotFoundError):
+                zf.writestr(layout.RUN_FILE, self._storage.read_bytes(layout.RUN_FILE))
+        os.replace(tmp, target)
+        return target
+
+    def clear(self) -> None:
+        """Delete every step and library file in the directory (files of others stay)."""
+        self._check_writable()
+        self.wait()
+        with self._mutex:
+            self._remove_owned()
+
+    # ------------------------------------------------------------------ lifetime
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise CheckpointError(f"the CheckpointManager of {self._storage.root} is closed.")
+        if self._read_only:
+            raise CheckpointError(
+                f"{self._storage.root} was opened with read_only=True; it cannot be written. "
+                "HINT: open it with read_only=False (one writer at a time)."
+            )
+        if self._error is not None:
+            self.wait()
+
+    def _install_signal_handlers(self, signals: tuple[int, ...]) -> None:
+        if not signals:
+            return
+        if threading.current_thread() is not threading.main_thread():
+            raise ValueError(
+                "save_on_signals can only be used from the main thread (Python delivers "
+                "signals there); create the CheckpointManager in the main thread."
+            )
+        for sig in signals:
+            self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signal_received = signum
+        previous = self._previous_handlers.get(signum)
+        if callable(previous):
+            previous(signum, frame)
+
+    def _release_lock(self) -> None:
+        for sig, handler in self._previous_handlers.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(sig, handler)
+        self._previous_handlers = {}
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def close(self) -> None:
+        """Finish the pending background save, then release the directory. Idempotent.
+
+        Raises:
+            CheckpointError: the pending background save failed.
+        """
+        if self._closed:
+            return
+        try:
+            self.wait()
+        finally:
+            self._closed = True
+            self._release_lock()
+            _LIVE.discard(self)
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            self.close()
+            return
+        with contextlib.suppress(Exception):  # keep the original error, still finish the save
+            self.close()
+
+    def __repr__(self) -> str:
+        mode = "read_only" if self._read_only else "closed" if self._closed else "open"
+        return (
+            f"CheckpointManager({self._storage.root!r}, steps={_short(self.all_steps())}, {mode})"
+        )
+
+
+def _replace(info: CheckpointInfo, **changes: Any) -> CheckpointInfo:
+    import dataclasses
+
+    return dataclasses.replace(info, **changes)
+
+
+def _short(steps: list[int]) -> str:
+    if len(steps) <= 8:
+        return str(steps)
+    return (
+        f"[{', '.join(map(str, steps[:3]))}, ..., {', '.join(map(str, steps[-3:]))}] ({len(steps)})"
+    )
+
+
+@atexit.register
+def _finish_pending_saves() -> None:
+    """At interpreter exit, commit pending background saves and release locks."""
+    for manager in list(_LIVE):
+        try:
+            manager.close()
+        except Exception as e:  # nothing can raise to the user any more: say it loudly
+            warnings.warn(f"ckpt_core: {e}", RuntimeWarning, stacklevel=1)

@@ -1,0 +1,125 @@
+"""Retention: which committed steps to keep, as pure functions over step records.
+
+No I/O and no arrays: a step is anything with `.step` and `.metrics`, so the rules are tested
+with plain lists. A step is kept if at least one rule keeps it:
+
+* "latest": it is the newest step;
+* "recent": it is among the `max_to_keep` newest;
+* "period": `keep_period` divides it;
+* "best": it is among the `keep_best` best by `best_fn` (ties: the newer wins; NaN never ranks).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+BestFn = str | Callable[[Mapping[str, float]], float]
+KEEP_REASONS = ("latest", "recent", "period", "best")
+
+
+class StepRecord(Protocol):
+    @property
+    def step(self) -> int: ...
+
+    @property
+    def metrics(self) -> Mapping[str, float]: ...
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """The retention options of `CheckpointManager`, validated."""
+
+    max_to_keep: int | None = 5
+    keep_period: int | None = None
+    best_fn: BestFn | None = None
+    best_mode: Literal["min", "max"] = "min"
+    keep_best: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_to_keep is not None and (
+            not isinstance(self.max_to_keep, int) or self.max_to_keep < 1
+        ):
+            raise ValueError(
+                f"max_to_keep must be a positive integer or None (keep all), got {self.max_to_keep!r}"
+            )
+        if self.keep_period is not None and (
+            not isinstance(self.keep_period, int) or self.keep_period < 1
+        ):
+            raise ValueError(
+                f"keep_period must be a positive integer or None, got {self.keep_period!r}"
+            )
+        if self.best_mode not in ("min", "max"):
+            raise ValueError(f"best_mode must be 'min' or 'max', got {self.best_mode!r}")
+        if not isinstance(self.keep_best, int) or self.keep_best < 0:
+            raise ValueError(f"keep_best must be a non-negative integer, got {self.keep_best!r}")
+        if self.best_fn is not None and not (
+            isinstance(self.best_fn, str) or callable(self.best_fn)
+        ):
+            raise ValueError(
+                f"best_fn must be a metric name or a function of the metrics dict, got {self.best_fn!r}"
+            )
+
+    def score(self, metrics: Mapping[str, float]) -> float | None:
+        """The step's rank score, or None when it cannot be ranked (missing metric, NaN)."""
+        if self.best_fn is None:
+            return None
+        try:
+            value = (
+                metrics[self.best_fn] if isinstance(self.best_fn, str) else self.best_fn(metrics)
+            )
+            value = float(value)
+        except (KeyError, TypeError, ValueError):
+            return None
+        return None if math.isnan(value) else value
+
+    def ranked(self, records: Sequence[StepRecord]) -> list[int]:
+        """Steps from best to worst; unrankable steps are left out. Ties: the newer step first."""
+        sign = 1.0 if self.best_mode == "min" else -1.0
+        scored = [(s, r.step) for r in records if (s := self.score(r.metrics)) is not None]
+        scored.sort(key=lambda sr: (sign * sr[0], -sr[1]))
+        return [step for _, step in scored]
+
+    def best_step(self, records: Sequence[StepRecord]) -> int | None:
+        ranked = self.ranked(records)
+        return ranked[0] if ranked else None
+
+    def reasons(self, records: Sequence[StepRecord]) -> dict[int, tuple[str, ...]]:
+        """For every step, why it is kept; an empty tuple means retention deletes it."""
+        steps = sorted({r.step for r in records})
+        why: dict[int, list[str]] = {s: [] for s in steps}
+        if not steps:
+            return {}
+        why[steps[-1]].append("latest")
+        recent = steps if self.max_to_keep is None else steps[-self.max_to_keep :]
+        for s in recent:
+            why[s].append("recent")
+        if self.keep_period is not None:
+            for s in steps:
+                if s % self.keep_period == 0:
+                    why[s].append("period")
+        for s in self.ranked(records)[: self.keep_best]:
+            why[s].append("best")
+        return {s: tuple(r) for s, r in why.items()}
+
+    def to_delete(self, records: Sequence[StepRecord]) -> list[int]:
+        return [s for s, r in self.reasons(records).items() if not r]
+
+    def missing_metric(self, metrics: Mapping[str, float]) -> str | None:
+        """A warning when `best_fn` cannot rank a step saved with `metrics`, else None."""
+        if self.best_fn is None or self.score(metrics) is not None:
+            return None
+        if isinstance(self.best_fn, str) and self.best_fn not in metrics:
+            return (
+                f"best_fn metric {self.best_fn!r} is not among the saved metrics "
+                f"{sorted(metrics)}; this step is not ranked for best. HINT: pass "
+                f"metrics={{{self.best_fn!r}: value}} to save()."
+            )
+        if isinstance(self.best_fn, str):
+            return f"best_fn metric {self.best_fn!r} is NaN; this step is not ranked for best."
+        return (
+            f"best_fn could not score the saved metrics {sorted(metrics)}; this step is not "
+            "ranked for best."
+        )

@@ -1,0 +1,461 @@
+"""Where checkpoint bytes live: one small interface, for local disks and fsspec object stores.
+
+The manager and the formats only ever talk to `Storage` (list, read, write, delete) and to a
+`StepWriter` (the staging area of one step, committed as a whole). The commit protocol of
+each backend lives here and nowhere else:
+
+* local disk: payload and manifest are written under a temporary directory beside the steps,
+  every file and directory is fsynced, then the directory is renamed into place;
+* object stores, where nothing renames atomically: payload objects are uploaded first and
+  the manifest object, written last with a single PUT, is the commit.
+
+Either way a step directory without a valid manifest is not a step, so readers need no
+special case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+import shutil
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import xxhash
+
+from . import layout
+from .errors import CorruptCheckpointError, DiskFullError
+from .manifest import FileRecord
+
+CHUNK = 8 << 20  # bytes per read/write call when copying streams
+
+
+def new_token() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+# ---------------------------------------------------------------- checksummed streams
+
+
+class HashingWriter(io.RawIOBase):
+    """A write-only stream that counts and checksums what passes through it."""
+
+    def __init__(self, raw: Any, name: str, on_close: Any) -> None:
+        self._raw = raw
+        self.name = name
+        self._hash = xxhash.xxh3_64()
+        self.size = 0
+        self._on_close = on_close
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self._hash.update(view)
+        total = len(view)
+        done = 0
+        while done < total:
+            n = self._raw.write(view[done:])
+            done += total - done if n is None else n
+        self.size += total
+        return total
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._on_close(self._raw, FileRecord(self.size, self._hash.hexdigest()))
+        finally:
+            super().close()
+
+
+class VerifyingReader(io.RawIOBase):
+    """A read-only stream that checksums what it yields; `verify()` checks it against the manifest."""
+
+    def __init__(self, raw: Any, display: str, expected: FileRecord) -> None:
+        self._raw = raw
+        self.name = display
+        self._expected = expected
+        self._hash = xxhash.xxh3_64()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        n = self._raw.readinto(view)
+        if n:
+            self._hash.update(view[:n])
+            self.size += n
+        return n or 0
+
+    def read_exactly(self, buffer: Any) -> None:
+        """Fill `buffer` completely, or raise CorruptCheckpointError if the file ends first."""
+        view = memoryview(buffer).cast("B")
+        filled = 0
+        while filled < len(view):
+            n = self.readinto(view[filled:])
+            if n == 0:
+                raise CorruptCheckpointError(
+                    f"{self.name} ended after {self.size} bytes; the manifest records "
+                    f"{self._expected.size}. The file is truncated.",
+                    path=self.name,
+                )
+            filled += n
+
+    def verify(self) -> None:
+        """Read whatever is left, then compare size and checksum with the manifest."""
+        sink = bytearray(CHUNK)
+        while self.readinto(sink):
+            pass
+        check_record(self.name, FileRecord(self.size, self._hash.hexdigest()), self._expected)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
+def check_record(display: str, found: FileRecord, expected: FileRecord) -> None:
+    if found.size != expected.size:
+        raise CorruptCheckpointError(
+            f"{display} is {found.size} bytes, the manifest records {expected.size}: "
+            "the file was truncated or changed after the checkpoint was committed.",
+            path=display,
+        )
+    if found.checksum != expected.checksum:
+        raise CorruptCheckpointError(
+            f"{display} has checksum {found.checksum}, the manifest records "
+            f"{expected.checksum}: its contents were damaged after the checkpoint was committed.",
+            path=display,
+        )
+
+
+def hash_stream(stream: Any) -> FileRecord:
+    h = xxhash.xxh3_64()
+    size = 0
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    while n := stream.readinto(view):
+        h.update(view[:n])
+        size += n
+    return FileRecord(size, h.hexdigest())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def translate_os_error(e: OSError, where: str) -> OSError:
+    """ENOSPC/EDQUOT become DiskFullError with the fix; other errors pass through unchanged."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(
+            e.errno,
+            f"the disk is full while writing a checkpoint to {where}: nothing was committed and "
+            "earlier steps are intact. HINT: free space, lower max_to_keep, or save elsewhere.",
+        )
+    return e
+
+
+# ---------------------------------------------------------------- the interface
+
+
+class StepWriter(ABC):
+    """The staging area of one step: payload files go in, `commit` makes them a step at once."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, FileRecord] = {}
+
+    @abstractmethod
+    def open(self, name: str) -> BinaryIO:
+        """A new payload file `name` (may contain `/`); closing it makes it durable."""
+
+    @abstractmethod
+    def local_dir(self) -> Path:
+        """A local directory a format may fill with files itself (orbax); taken in at commit."""
+
+    @abstractmethod
+    def seal(self) -> dict[str, FileRecord]:
+        """Take in the files written to `local_dir()` and return every payload file's record."""
+
+    @abstractmethod
+    def commit(self, manifest: bytes) -> None:
+        """Write the manifest last, making the step visible atomically."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Remove everything this writer wrote; the directory is as before."""
+
+    @property
+    @abstractmethod
+    def payload_dir(self) -> str:
+        """Where, inside the step directory, the payload goes ('' for the step directory itself)."""
+
+
+class Storage(ABC):
+    """A checkpoint directory: a local path or an fsspec URL."""
+
+    root: str
+    is_local: bool
+
+    @abstractmethod
+    def join(self, *parts: str) -> str:
+        """The full path or URL of an entry, for messages and users."""
+
+    @abstractmethod
+    def list_names(self) -> list[str]:
+        """Names of the entries directly in the directory ([] if it does not exist)."""
+
+    @abstractmethod
+    def read_bytes(self, rel: str) -> bytes:
+        """Raises FileNotFoundError if missing."""
+
+    @abstractmethod
+    def write_small(self, rel: str, data: bytes) -> None:
+        """Replace a small file (pointer, run.json) atomically."""
+
+    @abstractmethod
+    def exists(self, rel: str) -> bool: ...
+
+    @abstractmethod
+    def size(self, rel: str) -> int: ...
+
+    @abstractmethod
+    def remove(self, rel: str) -> None:
+        """Remove a file or a whole tree; missing is fine."""
+
+    @abstractmethod
+    def rename(self, src: str, dst: str) -> None:
+        """Move an entry (used only to move a damaged step aside)."""
+
+    @abstractmethod
+    def open_read(self, rel: str) -> BinaryIO: ...
+
+    @abstractmethod
+    def local_path(self, rel: str) -> Path | None:
+        """A local filesystem path for `rel`, or None on object stores."""
+
+    @abstractmethod
+    def fetch_dir(self, rel: str) -> contextlib.AbstractContextManager[Path]:
+        """A local directory with the contents of `rel` (downloaded on object stores)."""
+
+    @abstractmethod
+    def begin_step(self, name: str) -> StepWriter:
+        """Start writing the step directory `name` (which may already hold a committed step)."""
+
+    @abstractmethod
+    def delete_step(self, name: str) -> None:
+        """Remove a committed step so that it is invisible at once, then its files."""
+
+    @abstractmethod
+    def acquire_lock(self, owner: dict[str, Any]) -> Any:
+        """Take the single-writer lock; raises CheckpointLockedError naming the holder."""
+
+    def sweep(self) -> list[str]:
+        """Remove stale temporaries left by a killed writer; restore interrupted replacements."""
+        names = set(self.list_names())
+        swept = []
+        for name in sorted(names):
+            if layout.is_temporary(name) or name.endswith(SMALL_TMP_SUFFIX):
+                self.remove(name)
+                swept.append(name)
+            elif (target := layout.replaced_step_of(name)) is not None:
+                if target in names and self.exists(f"{target}/{layout.MANIFEST}"):
+                    self.remove(name)  # the replacement was committed: the old one can go
+                else:
+                    self.remove(target)  # killed between the two renames: put the old one back
+                    self.rename(name, target)
+                swept.append(name)
+        return swept
+
+
+SMALL_TMP_SUFFIX = ".partial"
+
+
+def open_storage(
+    directory: str | os.PathLike[str], storage_options: dict[str, Any] | None
+) -> Storage:
+    """A `Storage` for a local path, a `file://` URL, or any other fsspec URL."""
+    text = os.fspath(directory)
+    if "://" in text and not text.startswith("file://"):
+        from .fsspec_storage import FsspecStorage
+
+        return FsspecStorage(text, storage_options or {})
+    if storage_options:
+        raise ValueError(
+            f"storage_options were given for the local directory {text!r}; they apply only to "
+            "fsspec URLs such as 's3://bucket/run'."
+        )
+    return LocalStorage(Path(text.removeprefix("file://")))
+
+
+# ---------------------------------------------------------------- local disk
+
+
+class LocalStorage(Storage):
+    is_local = True
+
+    def __init__(self, root: Path) -> None:
+        self.path = root.expanduser().absolute()
+        self.root = str(self.path)
+
+    def join(self, *parts: str) -> str:
+        return str(self.path.joinpath(*parts))
+
+    def list_names(self) -> list[str]:
+        try:
+            return os.listdir(self.path)
+        except FileNotFoundError:
+            return []
+
+    def read_bytes(self, rel: str) -> bytes:
+        return (self.path / rel).read_bytes()
+
+    def write_small(self, rel: str, data: bytes) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        target = self.path / rel
+        tmp = target.with_name(target.name + SMALL_TMP_SUFFIX)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        _fsync_dir(self.path)
+
+    def exists(self, rel: str) -> bool:
+        return (self.path / rel).exists()
+
+    def size(self, rel: str) -> int:
+        return (self.path / rel).stat().st_size
+
+    def remove(self, rel: str) -> None:
+        p = self.path / rel
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(self.path / src, self.path / dst)
+        _fsync_dir(self.path)
+
+    def open_read(self, rel: str) -> BinaryIO:
+        return open(self._inside(rel), "rb", buffering=0)
+
+    def local_path(self, rel: str) -> Path:
+        return self._inside(rel)
+
+    @contextlib.contextmanager
+    def fetch_dir(self, rel: str) -> Iterator[Path]:
+        yield self._inside(rel)
+
+    def _inside(self, rel: str) -> Path:
+        """`rel` resolved, refusing anything (a symlink, say) that leads out of the directory."""
+        p = (self.path / rel).resolve()
+        if not p.is_relative_to(self.path.resolve()):
+            raise CorruptCheckpointError(
+                f"{self.path / rel} resolves to {p}, outside the checkpoint directory "
+                f"{self.path}; refusing to read it (a symlink in a step points outside).",
+                path=str(self.path / rel),
+            )
+        return p
+
+    def begin_step(self, name: str) -> StepWriter:
+        self.path.mkdir(parents=True, exist_ok=True)
+        return _LocalStepWriter(self, name)
+
+    def delete_step(self, name: str) -> None:
+        # One rename hides the whole step; a kill during the rmtree leaves a swept temporary.
+        doomed = self.path / layout.tmp_dirname(name, new_token())
+        try:
+            os.rename(self.path / name, doomed)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def acquire_lock(self, owner: dict[str, Any]) -> Any:
+        from .lock import FileLock
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        return FileLock(self.path / layout.LOCK_FILE, owner)
+
+
+class _LocalStepWriter(StepWriter):
+    def __init__(self, storage: LocalStorage, name: str) -> None:
+        super().__init__()
+        self._storage = storage
+        self._name = name
+        self._final = storage.path / name
+        self._tmp = storage.path / layout.tmp_dirname(name, new_token())
+        self._tmp.mkdir()
+        self._dirs: set[Path] = {self._tmp}
+
+    @property
+    def payload_dir(self) -> str:
+        return ""
+
+    def open(self, name: str) -> BinaryIO:
+        target = self._tmp / name
+        if target.parent != self._tmp:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(target.parent)
+        raw = open(target, "wb", buffering=0)  # noqa: SIM115 - closed by the HashingWriter
+
+        def done(f: Any, record: FileRecord) -> None:
+            try:
+                os.fsync(f.fileno())
+            finally:
+                f.close()
+            self.files[name] = record
+
+        return HashingWriter(raw, str(target), done)  # type: ignore[return-value]
+
+    def local_dir(self) -> Path:
+        return self._tmp
+
+    def seal(self) -> dict[str, FileRecord]:
+        for dirpath, _, filenames in os.walk(self._tmp):
+            d = Path(dirpath)
+            self._dirs.add(d)
+            for fn in filenames:
+                name = (d / fn).relative_to(self._tmp).as_posix()
+                if name in self.files:
+                    continue
+                with open(d / fn, "rb", buffering=0) as f:  # written by a format itself
+                    os.fsync(f.fileno())
+                    self.files[name] = hash_stream(f)
+        return dict(self.files)
+
+    def commit(self, manifest: bytes) -> None:
+        path = self._tmp / layout.MANIFEST
+        with open(path, "wb") as f:
+            f.write(manifest)
+            f.flush()
+            os.fsync(f.fileno())
+        for d in sorted(self._dirs, key=lambda p: len(p.parts), reverse=True):
+            _fsync_dir(d)
+        old = None
+        if self._final.exists():
+            # rename(2) cannot replace a non-empty directory: move the old step aside first.
+            # A kill between the two renames is repaired by `Storage.sweep`.
+            old = self._storage.path / layout.old_dirname(self._name, new_token())
+            os.rename(self._final, old)
+        os.rename(self._tmp, self._final)
+        _fsync_dir(self._storage.path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def abort(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
