@@ -221,7 +221,7 @@ class CheckpointManager:
                 manifest = self._read_manifest(name)
                 assert manifest is not None
                 self._reader(manifest).verify_all()
-                return
+                break
             except CorruptCheckpointError as e:
                 aside = layout.corrupt_dirname(step, int(time.time()))
                 warnings.warn(
@@ -357,10 +357,9 @@ class CheckpointManager:
 
     def _refresh_pointers(self) -> None:
         """Keep the `latest` and `best` pointer files current (for people and tools)."""
-        targets = {
-            layout.LATEST_POINTER: self.latest_step(),
-            layout.BEST_POINTER: self.best_step(),
-        }
+        targets = {layout.LATEST_POINTER: self.latest_step()}
+        if self._policy.best_fn is not None:  # a manager that cannot rank leaves `best` alone
+            targets[layout.BEST_POINTER] = self.best_step()
         for pointer, step in targets.items():
             value = None if step is None else layout.step_dirname(step)
             if self._pointers.get(pointer, "?") == value:

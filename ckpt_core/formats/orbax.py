@@ -89,7 +89,7 @@ def _describe_metadata(meta: Any, like: Any) -> dict[str, Any]:
             out[key] = None
             continue
         described = (str(dtype), tuple(cast(Any, shape)))
-        mine = like_leaves.get(key)
+        mine: Any = like_leaves.get(key)
         if _tree.is_jax_key(mine) and described[1][: mine.ndim] == tuple(mine.shape):
             described = (str(mine.dtype), tuple(mine.shape))  # orbax stores keys as key data
         out[key] = described
