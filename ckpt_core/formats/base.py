@@ -13,7 +13,7 @@ import numpy as np
 from .. import _tree
 from ..errors import CheckpointError
 from ..manifest import Manifest
-from ..storage import StepWriter, Storage, VerifyingReader, check_record, hash_stream
+from ..storage import StepWriter, Storage, VerifyingReader, check_record
 
 
 @runtime_checkable
@@ -139,8 +139,7 @@ class StepReader:
         """Check the size and checksum of one file."""
         expected = self._record(name)
         try:
-            with self.storage.open_read(self._rel(name)) as f:
-                found = hash_stream(f)
+            found = self.storage.hash_file(self._rel(name))
         except FileNotFoundError:
             raise _missing(self.display(name)) from None
         check_record(self.display(name), found, expected)

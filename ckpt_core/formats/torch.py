@@ -2,13 +2,21 @@
 
 `torch.load(<step dir>/state.pt, weights_only=True)` opens a payload with torch alone, so
 Lightning's `load_from_checkpoint` and `Trainer(ckpt_path=...)` read it as their own.
+
+The file is written without torch's per-record CRC32: the manifest's xxh3 checksum already
+covers every byte and is checked on every restore, and skipping the CRC makes the save
+CPU-cheap enough to keep up with the disk. `torch.load` does not need it; zip tools that
+test archives (`unzip -t`) will report the missing CRCs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from .. import _tree
@@ -35,7 +43,7 @@ class TorchFormat:
 
     def write(self, state: Any, writer: StepWriter) -> None:
         torch = torch_module()
-        with writer.open(PAYLOAD) as f:
+        with writer.open(PAYLOAD) as f, _without_zip_crc(torch):
             torch.save(state, f)
 
     def read(self, reader: StepReader, like: Any = None) -> Any:
@@ -57,6 +65,24 @@ class TorchFormat:
         if like is not None:
             return fit_like(obj, like, f"step {reader.manifest.step}")
         return obj
+
+
+_CRC_OPTION = threading.Lock()
+
+
+@contextlib.contextmanager
+def _without_zip_crc(torch: Any) -> Iterator[None]:
+    serialization = torch.serialization
+    if not hasattr(serialization, "set_crc32_options"):  # older torch: always computes it
+        yield
+        return
+    with _CRC_OPTION:
+        previous = serialization.get_crc32_options()
+        serialization.set_crc32_options(False)
+        try:
+            yield
+        finally:
+            serialization.set_crc32_options(previous)
 
 
 register_format(TorchFormat())
