@@ -172,11 +172,16 @@ def check_structure(
         key = path_str(path)
         seen.add(key)
         if key not in saved:
-            problems.append(f"  {key}: in `like` but not in the checkpoint")
+            if leaf is not None:  # a None in `like` is an empty slot, not a value to find
+                problems.append(f"  {key}: in `like` but not in the checkpoint")
             continue
         want, got = describe_leaf(leaf), saved[key]
         if want is None or got is None:
-            if (want is None) != (got is None):
+            # A Python number and a 0-d array hold the same value (a fresh TrainState's step
+            # is the int 0, a trained one's an int32 array): either may stand for the other.
+            scalar_array = _is_0d(got if want is None else want)
+            number = isinstance(leaf, bool | int | float) if want is None else True
+            if (want is None) != (got is None) and not (scalar_array and number):
                 what = "an array" if got is not None else "a scalar"
                 problems.append(f"  {key}: the checkpoint holds {what}, `like` does not")
             continue
@@ -195,6 +200,10 @@ def check_structure(
             + "\nHINT: restore without `like` to inspect what was saved, or build `like` "
             "from the same model and optimizer configuration as the saving run."
         )
+
+
+def _is_0d(described: tuple[str, tuple[int, ...]] | None) -> bool:
+    return described is not None and tuple(described[1]) == () and "key<" not in described[0]
 
 
 def _dtype_key(name: str) -> str:

@@ -191,15 +191,39 @@ def map_state(state: Any, fn: Any) -> Any:
 
 
 def host_copy(x: Any) -> Any:
-    """A copy of an array leaf that the training loop cannot mutate; other leaves as they are.
+    """A copy of an array leaf that the training loop cannot change; other leaves as they are.
 
-    JAX arrays are immutable, so they are kept by reference: their snapshot costs nothing.
+    numpy arrays and torch tensors are copied (the loop mutates them in place). JAX arrays
+    are immutable and are not copied, only made safe from buffer donation (`jax_pinned`).
     """
     if isinstance(x, np.ndarray):
         return x.copy()
     if _tree.is_torch_tensor(x):
         return x.detach().to("cpu", copy=True)
+    if _tree.is_jax_array(x):
+        return jax_pinned(x)
     return x
+
+
+def jax_pinned(x: Any) -> Any:
+    """`x`'s values, safe from a later `jit(..., donate_argnums=...)` step that donates `x`.
+
+    Donation hands an array's buffers to the next step, which would pull them from under a
+    background write. On CPU, each shard is aliased by a zero-copy numpy view: XLA never
+    donates a buffer with an outside reference (it copies instead), so this costs no copy.
+    On accelerators the array is copied on the device, asynchronously; the loop does not wait.
+    """
+    import jax
+
+    if not x.is_fully_addressable:
+        return x
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = jax_pinned(jax.random.key_data(x))
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    if any(device.platform != "cpu" for device in x.sharding.device_set):
+        return jax.numpy.copy(x)
+    shards = [jax.device_put(np.asarray(s.data), s.device) for s in x.addressable_shards]
+    return jax.make_array_from_single_device_arrays(x.shape, x.sharding, shards)
 
 
 def convert_to_like(value: Any, like: Any) -> Any:
@@ -217,6 +241,8 @@ def convert_to_like(value: Any, like: Any) -> Any:
 
         if _tree.is_torch_tensor(value):
             value = value.numpy()
+        if isinstance(value, bool | int | float):
+            value = np.asarray(value, dtype=like.dtype)
         return jax.device_put(value, like.sharding)
     if _tree.is_torch_tensor(like):
         import torch
@@ -226,6 +252,8 @@ def convert_to_like(value: Any, like: Any) -> Any:
             t = t.view(like.dtype) if t.element_size() == like.element_size() else t.to(like.dtype)
         return t.to(like.device) if t.device != like.device else t
     if isinstance(like, np.ndarray):
+        if isinstance(value, bool | int | float):
+            return np.asarray(value, dtype=like.dtype)
         return np.asarray(value.numpy() if _tree.is_torch_tensor(value) else value)
     if isinstance(like, np.generic):
         return like.dtype.type(np.asarray(value).item() if hasattr(value, "shape") else value)

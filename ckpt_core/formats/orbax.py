@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+import numpy as np
+
 from .. import _tree
 from ..storage import StepWriter
 from .base import StepReader, convert_to_like, framework_missing, host_copy, register_format
@@ -56,36 +58,70 @@ class OrbaxFormat:
         ckptr = self._ckptr()
         with reader.fetch_dir(PAYLOAD_DIR) as path:
             if like is None:
-                return ckptr.restore(path)
-            saved = _describe_metadata(ckptr.metadata(path), like)
+                return self._restore_anywhere(path)
+            metadata = _metadata_leaves(ckptr.metadata(path))
+            saved = _describe_metadata(metadata, like)
             _tree.check_structure(like, saved, f"step {reader.manifest.step}")
-            target = _tree.rebuild_like(like, lambda _, leaf: _abstract(leaf))
+            target = _tree.rebuild_like(
+                like, lambda p, leaf: _abstract(leaf, metadata.get(_tree.path_str(p)))
+            )
             restored = ckptr.restore(path, target)
         values = {_tree.path_str(p): v for p, v in _tree.iter_leaves_lenient(restored)}
         return _tree.rebuild_like(
             like, lambda p, leaf: convert_to_like(values[_tree.path_str(p)], leaf)
         )
 
+    def _restore_anywhere(self, path: Any) -> Any:
+        """Restore without a target, onto this process's first device if the saved sharding
+        names devices that do not exist here (a 4-device checkpoint read on 2 devices)."""
+        import jax
 
-def _abstract(leaf: Any) -> Any:
-    """What orbax restores into: a ShapeDtypeStruct carrying `leaf`'s sharding for jax arrays."""
+        ocp = _ocp()
+        fallback = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        args = ocp.args.StandardRestore(None, fallback_sharding=fallback)
+        return ocp.Checkpointer(ocp.StandardCheckpointHandler()).restore(path, args=args)
+
+
+def _abstract(leaf: Any, saved: Any) -> Any:
+    """What orbax restores into: a ShapeDtypeStruct carrying `leaf`'s sharding for jax arrays.
+
+    A Python number in `like` saved as a 0-d array (or the reverse) is restored as what was
+    saved and converted afterwards.
+    """
+    if _is_scalar_metadata(saved) and _tree.is_array(leaf):
+        # orbax casts a scalar to the target's Python type: give it the saved one.
+        return np.dtype(saved.dtype).type(0).item()
     if _tree.is_jax_array(leaf):
         import jax
 
         return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
+    if isinstance(leaf, bool | int | float) and saved is not None:
+        if _is_scalar_metadata(saved):
+            return np.dtype(saved.dtype).type(0).item()
+        return np.zeros(tuple(saved.shape), dtype=saved.dtype)
     return leaf
 
 
-def _describe_metadata(meta: Any, like: Any) -> dict[str, Any]:
-    """path -> (dtype, shape) for saved arrays, None for scalars, in `like`'s terms."""
+def _is_scalar_metadata(saved: Any) -> bool:
+    return type(saved).__name__ == "ScalarMetadata"
+
+
+def _metadata_leaves(meta: Any) -> dict[str, Any]:
+    """path -> orbax metadata of each saved leaf; empty pytree nodes (recorded as None) omitted."""
     tree = getattr(meta, "item_metadata", meta)
     tree = getattr(tree, "tree", tree)
+    return {
+        _tree.path_str(p): leaf for p, leaf in _tree.iter_leaves_lenient(tree) if leaf is not None
+    }
+
+
+def _describe_metadata(metadata: dict[str, Any], like: Any) -> dict[str, Any]:
+    """path -> (dtype, shape) for saved arrays, None for scalars, in `like`'s terms."""
     like_leaves = {_tree.path_str(p): leaf for p, leaf in _tree.iter_leaves_lenient(like)}
     out: dict[str, Any] = {}
-    for path, leaf in _tree.iter_leaves_lenient(tree):
-        key = _tree.path_str(path)
+    for key, leaf in metadata.items():
         shape, dtype = getattr(leaf, "shape", None), getattr(leaf, "dtype", None)
-        if shape is None or dtype is None or type(leaf).__name__ == "ScalarMetadata":
+        if shape is None or dtype is None or _is_scalar_metadata(leaf):
             out[key] = None
             continue
         described = (str(dtype), tuple(cast(Any, shape)))

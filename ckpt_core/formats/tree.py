@@ -19,7 +19,7 @@ import numpy as np
 from .. import _tree
 from ..errors import CheckpointError, CorruptCheckpointError
 from ..storage import StepWriter
-from .base import StepReader, convert_to_like, host_copy, register_format
+from .base import StepReader, convert_to_like, host_copy, jax_pinned, register_format
 
 ARRAYS_FILE = "arrays.safetensors"
 STRUCTURE_FILE = "tree.json"
@@ -141,7 +141,7 @@ def _encode_array(
         dtype_name = "uint32"
     elif _tree.is_jax_array(node):
         doc["kind"] = "jax"
-        data, dtype_name = node, str(node.dtype)  # immutable: no copy needed, even async
+        data, dtype_name = (jax_pinned(node) if copy else node), str(node.dtype)
     elif _tree.is_torch_tensor(node):
         doc["kind"] = "torch"
         data = host_copy(node) if copy or node.device.type != "cpu" else node.detach()

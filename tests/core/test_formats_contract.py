@@ -277,3 +277,42 @@ def test_custom_format_can_be_registered(run_dir):
         assert mgr.restore() == "hello"
     with pytest.raises(TypeError, match="not a Format"):
         register_format(object())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fmt", ["tree", "orbax"])
+def test_python_number_and_0d_array_stand_for_each_other(run_dir, fmt):
+    # A fresh flax TrainState has step=0 (an int); a trained one holds an int32 array.
+    with CheckpointManager(run_dir, format=fmt) as mgr:
+        mgr.save(1, {"step": jnp.asarray(5, jnp.int32), "lr": 0.5, "w": jnp.ones(2)})
+        back = mgr.restore(like={"step": 0, "lr": jnp.asarray(0.0), "w": jnp.zeros(2)})
+    assert back["step"] == 5 and type(back["step"]) is int
+    assert isinstance(back["lr"], jax.Array) and float(back["lr"]) == 0.5
+    with pytest.raises(StructureMismatchError, match="step: the checkpoint holds an array"):
+        with CheckpointManager(run_dir, read_only=True) as mgr:
+            mgr.restore(like={"step": "five", "lr": 0.0, "w": jnp.zeros(2)})
+
+
+@pytest.mark.parametrize("fmt", ["tree", "orbax"])
+def test_empty_pytree_nodes_restore(run_dir, fmt):
+    import optax
+
+    params = {"w": jnp.ones(3)}
+    opt_state = optax.sgd(0.1).init(params)  # holds empty nodes (EmptyState)
+    with CheckpointManager(run_dir, format=fmt) as mgr:
+        mgr.save(1, {"params": params, "opt": opt_state, "none": None})
+        back = mgr.restore(like={"params": params, "opt": opt_state, "none": None})
+    assert jax.tree_util.tree_structure(back["opt"]) == jax.tree_util.tree_structure(opt_state)
+    assert back["none"] is None
+
+
+@pytest.mark.parametrize("fmt", ["tree", "orbax"])
+def test_async_jax_save_survives_buffer_donation(run_dir, fmt):
+    step = jax.jit(lambda x: x + 1, donate_argnums=0)
+    x = jnp.arange(1000.0)
+    with CheckpointManager(run_dir, format=fmt, async_save=True, max_to_keep=None) as mgr:
+        for s in range(3):
+            mgr.save(s, {"x": x})
+            x = step(x)  # donates the buffer the background save is writing
+        mgr.wait()
+        for s in range(3):
+            np.testing.assert_array_equal(np.asarray(mgr.restore(s)["x"]), np.arange(1000.0) + s)
