@@ -1,0 +1,529 @@
+"""integrations.gym on real Gymnasium envs: exact resume across SIGKILL, retention, errors.
+
+The SIGKILL tests run this file as a script (`python test_gym.py child ...`): the child trains
+with `run`, stops at a chosen timestep after writing a marker, and the test kills it there.
+torch is imported only by the CartPole/DQN paths, so the FrozenLake child runs without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+if str(EXAMPLES) not in sys.path:
+    sys.path.insert(0, str(EXAMPLES))
+
+from agents import DQNAgent, TabularQAgent  # noqa: E402
+
+from ckpt_core import CheckpointExistsError, CheckpointManager, StructureMismatchError  # noqa: E402
+from integrations.gym import (  # noqa: E402
+    CkptRunnerHook,
+    RunnerCallback,
+    RunnerConfig,
+    RunResult,
+    run,
+)
+
+# Small enough for seconds per run; long enough that DQN trains (learning_starts < interval).
+CARTPOLE = {"total": 1_500, "interval": 300, "kill_at": 1_111}
+FROZENLAKE = {"total": 30_000, "interval": 2_000, "kill_at": 17_777}
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def make(env_name: str) -> tuple[gym.Env[Any, Any], Any]:
+    """A fresh env and a freshly built agent for it."""
+    if env_name == "cartpole":
+        env = gym.make("CartPole-v1")
+        agent = DQNAgent(
+            env.observation_space,
+            env.action_space,
+            hidden=32,
+            buffer_size=3_000,
+            batch_size=32,
+            learning_starts=200,
+            target_update=200,
+            epsilon_decay=2_000,
+        )
+        return env, agent
+    env = gym.make("FrozenLake-v1")  # slippery: the env's generator drives every step
+    return env, TabularQAgent(env.observation_space, env.action_space, epsilon_decay=20_000)
+
+
+def leaves(tree: Any, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], Any]:
+    """Flatten a state dict into path -> leaf."""
+    if isinstance(tree, dict):
+        out: dict[tuple[Any, ...], Any] = {}
+        for key, value in tree.items():
+            out.update(leaves(value, (*path, key)))
+        return out
+    if isinstance(tree, list | tuple):
+        out = {}
+        for i, value in enumerate(tree):
+            out.update(leaves(value, (*path, i)))
+        return out
+    return {path: tree}
+
+
+def assert_same_state(actual: Any, expected: Any) -> None:
+    """Every leaf equal, bit for bit, with the same kind (torch stays torch)."""
+    got, want = leaves(actual), leaves(expected)
+    assert got.keys() == want.keys()
+    for path, value in want.items():
+        other = got[path]
+        assert type(other) is type(value), path
+        if hasattr(value, "numpy"):  # torch tensor
+            assert value.dtype == other.dtype and value.shape == other.shape, path
+            assert bool((value == other).all()), f"{path} differs"
+        elif isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(other, value, err_msg=str(path))
+        else:
+            assert other == value, path
+
+
+class Interrupt(Exception):
+    """Stands in for a crash inside the training loop."""
+
+
+class InterruptAt(RunnerCallback):
+    def __init__(self, timestep: int) -> None:
+        self.timestep = timestep
+
+    def on_step(self, hook: CkptRunnerHook) -> None:
+        if hook.timesteps == self.timestep:
+            raise Interrupt
+
+
+class Record(RunnerCallback):
+    """Every committed checkpoint's step, metrics and metadata, read back from the manager."""
+
+    def __init__(self) -> None:
+        self.saved: dict[int, tuple[dict[str, float], dict[str, Any]]] = {}
+
+    def on_checkpoint(self, hook: CkptRunnerHook, step: int) -> None:
+        assert hook.manager is not None
+        self.saved[step] = (dict(hook.manager.metrics(step)), hook.manager.metadata(step)["gym"])
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny networks run fastest, and steadiest on a busy machine, on one thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file under `directory` with its bytes (the lock file aside)."""
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and "lock" not in p.name
+    }
+
+
+# ---------------------------------------------------------------- child process
+
+
+def child_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("env")
+    parser.add_argument("--dir", required=True)
+    parser.add_argument("--total", type=int, required=True)
+    parser.add_argument("--interval", type=int, required=True)
+    parser.add_argument("--block-at", type=int, default=0)
+    parser.add_argument("--marker", default="")
+    parser.add_argument("--out", default="")
+    args = parser.parse_args(argv)
+    if args.env == "cartpole":
+        import torch
+
+        torch.set_num_threads(1)
+
+    class BlockAt(RunnerCallback):
+        """Mid-episode at `block_at`: say so, then wait to be killed."""
+
+        def on_step(self, hook: CkptRunnerHook) -> None:
+            if hook.timesteps == args.block_at:
+                Path(args.marker).write_text(str(hook.timesteps))
+                time.sleep(600)
+
+    env, agent = make(args.env)
+    config = RunnerConfig(
+        args.total, checkpoint_dir=args.dir, checkpoint_interval=args.interval, resume=True
+    )
+    result = run(env, agent, config, callbacks=[BlockAt()] if args.block_at else [])
+    Path(args.out).write_text(
+        json.dumps(
+            {
+                "returns": result.episode_returns,
+                "lengths": result.episode_lengths,
+                "timesteps": result.timesteps,
+                "resumed_from": result.resumed_from,
+                "torch_imported": "torch" in sys.modules,
+            }
+        )
+    )
+
+
+def start_child(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, __file__, "child", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+
+
+def wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            output = proc.stdout.read().decode() if proc.stdout else ""
+            raise AssertionError(f"child exited early:\n{output[-3000:]}")
+        assert time.monotonic() < deadline, "child did not reach the kill point in time"
+        time.sleep(0.05)
+
+
+# ---------------------------------------------------------------- exactness across SIGKILL
+
+
+@pytest.mark.parametrize("env_name", ["cartpole", "frozenlake"])
+def test_sigkill_and_resume_is_identical_to_an_uninterrupted_run(env_name, tmp_path):
+    sizes = CARTPOLE if env_name == "cartpole" else FROZENLAKE
+    # The reference: uninterrupted, in this process, checkpointing off.
+    env, reference_agent = make(env_name)
+    reference = run(env, reference_agent, RunnerConfig(sizes["total"]))
+
+    ckpt, marker, out = tmp_path / "ckpt", tmp_path / "marker", tmp_path / "out.json"
+    common = ["--dir", str(ckpt), "--total", str(sizes["total"]), "--interval"]
+    common += [str(sizes["interval"]), "--out", str(out)]
+    proc = start_child(
+        env_name, *common, "--block-at", str(sizes["kill_at"]), "--marker", str(marker)
+    )
+    try:
+        wait_for(marker, proc)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()
+
+    with CheckpointManager(ckpt, read_only=True) as mgr:
+        killed_at = mgr.latest_step()
+        assert killed_at is not None and killed_at < sizes["kill_at"] and not mgr.is_complete
+        assert killed_at >= 2 * sizes["interval"]
+
+    proc = start_child(env_name, *common)
+    output = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 0, output[-3000:]
+    resumed = json.loads(out.read_text())
+
+    assert resumed["resumed_from"] == killed_at
+    assert resumed["timesteps"] == reference.timesteps == sizes["total"]
+    assert resumed["returns"] == reference.episode_returns
+    assert resumed["lengths"] == reference.episode_lengths
+    assert resumed["torch_imported"] == (env_name == "cartpole")
+    with CheckpointManager(ckpt, read_only=True) as mgr:
+        assert mgr.is_complete and mgr.latest_step() == sizes["total"]
+        final = mgr.restore()
+        assert mgr.metadata()["gym"]["torch_rng"] == (env_name == "cartpole")
+    assert_same_state(final["agent"], reference_agent.state_dict())
+    np.testing.assert_array_equal(final["runner"]["episode_returns"], reference.episode_returns)
+
+
+def test_interrupted_in_process_resume_restores_every_random_stream(tmp_path):
+    """A user loop driving the hook, with an agent that draws from torch's and Python's
+    global generators; the resumed process has them scrambled before it resumes."""
+    import random
+
+    import torch
+
+    class GlobalRandomAgent(TabularQAgent):
+        def act(self, obs: Any, rng: np.random.Generator) -> int:
+            if torch.rand(()) < 0.3 or random.random() < 0.2:
+                return int(rng.integers(self.q.shape[1]))
+            return super().act(obs, rng)
+
+    def train(config: RunnerConfig, callbacks=()) -> tuple[RunResult, Any]:
+        env = gym.make("FrozenLake-v1")
+        agent = GlobalRandomAgent(env.observation_space, env.action_space)
+        with CkptRunnerHook(config, callbacks=callbacks) as hook:
+            obs, _ = hook.begin(env, agent)
+            while not hook.done:
+                action = agent.act(obs, hook.rng)
+                next_obs, reward, terminated, truncated, _ = env.step(action)
+                metrics = agent.learn(obs, action, reward, next_obs, terminated, truncated)
+                obs = next_obs
+                if hook.step(reward, terminated, truncated, metrics):
+                    obs, _ = env.reset()
+            return hook.end(), agent
+
+    reference, reference_agent = train(RunnerConfig(8_000))
+    config = RunnerConfig(8_000, checkpoint_dir=tmp_path, checkpoint_interval=1_000, resume=True)
+    with pytest.raises(Interrupt):
+        train(config, [InterruptAt(5_555)])
+    torch.manual_seed(1234)
+    random.seed(1234)
+    result, agent = train(config)
+    assert result.resumed_from == 5_000
+    assert result.episode_returns == reference.episode_returns
+    assert result.episode_lengths == reference.episode_lengths
+    np.testing.assert_array_equal(agent.q, reference_agent.q)
+
+
+# ---------------------------------------------------------------- checkpoints, retention, best
+
+
+def test_checkpoints_are_taken_at_the_first_episode_boundary_after_each_interval(tmp_path):
+    record = Record()
+    env, agent = make("frozenlake")
+    config = RunnerConfig(
+        10_500, checkpoint_dir=tmp_path, checkpoint_interval=1_000, max_checkpoints=None
+    )
+    result = run(env, agent, config, callbacks=[record])
+    boundaries = set(np.cumsum(result.episode_lengths).tolist())
+    interim = sorted(s for s in record.saved if s != 10_500)
+    assert interim == list(range(1_000, 10_001, 1_000))
+    for step in interim:
+        metrics, meta = record.saved[step]
+        timesteps, episodes = meta["timesteps"], meta["episodes"]
+        assert timesteps in boundaries
+        assert timesteps == sum(result.episode_lengths[:episodes])
+        window = result.episode_returns[:episodes][-config.metric_window :]
+        assert metrics["episode_return"] == pytest.approx(np.mean(window))
+        # the first boundary at or after the interval: no episode ended in [step, timesteps)
+        assert not any(step <= b < timesteps for b in boundaries)
+    assert record.saved[10_500][1]["final"] and record.saved[10_500][1]["timesteps"] == 10_500
+    with CheckpointManager(tmp_path, read_only=True) as mgr:
+        assert mgr.all_steps() == [*interim, 10_500]
+        assert mgr.info(10_500).format == "tree"
+
+
+def test_retention_and_best_tracking_survive_a_resume(tmp_path):
+    # Ranked by the shortest mean episode, the best is an early step (FrozenLake episodes
+    # lengthen as the agent learns to avoid holes) that only the best rule keeps.
+    record = Record()
+    config = RunnerConfig(
+        16_000,
+        checkpoint_dir=tmp_path,
+        checkpoint_interval=1_000,
+        max_checkpoints=2,
+        keep_period=5_000,
+        best_metric="episode_length",
+        best_mode="min",
+        metric_window=30,
+        resume=True,
+    )
+    env, agent = make("frozenlake")
+    with pytest.raises(Interrupt):
+        run(env, agent, config, callbacks=[record, InterruptAt(9_500)])
+    before = set(record.saved)
+    env, agent = make("frozenlake")
+    result = run(env, agent, config, callbacks=[record])
+    assert result.resumed_from == 9_000 and set(record.saved) > before
+
+    lengths = {step: metrics["episode_length"] for step, (metrics, _) in record.saved.items()}
+    best = min(lengths, key=lambda s: (lengths[s], -s))  # ties: the newer wins
+    newest = sorted(lengths)[-2:]
+    assert best in before and best not in newest and best % 5_000  # kept by the best rule only
+    expected = {*newest, best, *(s for s in lengths if s % 5_000 == 0)}
+    reader = CheckpointManager(tmp_path, read_only=True, best_fn="episode_length", best_mode="min")
+    with reader as mgr:
+        assert mgr.best_step() == best
+        assert mgr.all_steps() == sorted(expected)
+        assert mgr.metrics(best)["episode_length"] == lengths[best]
+
+
+def test_resuming_a_complete_run_returns_its_result_without_training(tmp_path):
+    config = RunnerConfig(6_000, checkpoint_dir=tmp_path, checkpoint_interval=1_000, resume=True)
+    env, agent = make("frozenlake")
+    first = run(env, agent, config)
+    files = snapshot(tmp_path)
+
+    class NoLearning(TabularQAgent):
+        def learn(self, *args: Any) -> Any:
+            raise AssertionError("a complete run must not train")
+
+    env = gym.make("FrozenLake-v1")
+    again = NoLearning(env.observation_space, env.action_space)
+    result = run(env, again, config)
+    assert result.was_complete and result.resumed_from == 6_000
+    assert result.episode_returns == first.episode_returns
+    assert result.episode_lengths == first.episode_lengths
+    assert result.timesteps == 6_000
+    np.testing.assert_array_equal(again.q, agent.q)  # the final agent is loaded
+    assert snapshot(tmp_path) == files
+
+    with pytest.warns(UserWarning, match="complete at 6000 timesteps"):
+        longer = run(
+            env,
+            NoLearning(env.observation_space, env.action_space),
+            RunnerConfig(9_000, checkpoint_dir=tmp_path, resume=True),
+        )
+    assert longer.was_complete and longer.timesteps == 6_000
+
+
+def test_a_run_that_ends_before_its_first_episode_stores_an_empty_result(tmp_path):
+    env, agent = make("frozenlake")
+    config = RunnerConfig(
+        1, checkpoint_dir=tmp_path, checkpoint_interval=1, resume=True, best_metric="episode_return"
+    )
+    with pytest.warns(RuntimeWarning, match="episode_return"):  # nothing to rank: the core says so
+        first = run(env, agent, config)
+    assert first.episodes == 0  # no hole next to FrozenLake's start: one step ends no episode
+    env, agent = make("frozenlake")
+    again = run(env, agent, config)
+    assert again.was_complete and again.episode_returns == [] and again.timesteps == 1
+
+
+def test_overwrite_deletes_the_old_run_and_starts_over(tmp_path):
+    env, agent = make("frozenlake")
+    first = run(env, agent, RunnerConfig(6_000, checkpoint_dir=tmp_path, checkpoint_interval=1_000))
+    (tmp_path / "notes.txt").write_text("mine")
+    env, agent = make("frozenlake")
+    config = RunnerConfig(6_000, checkpoint_dir=tmp_path, checkpoint_interval=3_000, overwrite=True)
+    second = run(env, agent, config)
+    assert second.resumed_from is None and not second.was_complete
+    assert second.episode_returns == first.episode_returns  # same seed, trained again
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    with CheckpointManager(tmp_path, read_only=True) as mgr:
+        assert mgr.all_steps() == [3_000, 6_000] and mgr.is_complete
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_an_existing_run_without_resume_or_overwrite_is_refused_untouched(tmp_path):
+    env, agent = make("frozenlake")
+    with pytest.raises(Interrupt):
+        run(
+            env,
+            agent,
+            RunnerConfig(5_000, checkpoint_dir=tmp_path, checkpoint_interval=1_000),
+            callbacks=[InterruptAt(3_500)],
+        )
+    files = snapshot(tmp_path)
+    env, agent = make("frozenlake")
+    with pytest.raises(CheckpointExistsError, match="resume") as excinfo:
+        run(env, agent, RunnerConfig(5_000, checkpoint_dir=tmp_path, checkpoint_interval=1_000))
+    assert isinstance(excinfo.value, FileExistsError)
+    assert str(tmp_path) in str(excinfo.value) and "3000" in str(excinfo.value)
+    assert snapshot(tmp_path) == files
+    assert not agent.q.any()  # nothing was trained or loaded
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"checkpoint_interval": 0}, "checkpoint_interval=0"),
+        ({"checkpoint_interval": -100}, "checkpoint_interval=-100"),
+        ({"checkpoint_interval": 1.5}, "checkpoint_interval=1.5"),
+        ({"total_timesteps": 0}, "total_timesteps=0"),
+        ({"max_checkpoints": 0}, "max_checkpoints=0"),
+        ({"keep_period": 0}, "keep_period=0"),
+        ({"seed": -1}, "seed=-1"),
+        ({"best_mode": "up"}, "best_mode='up'"),
+        ({"resume": True, "overwrite": True}, "resume=True, overwrite=True"),
+    ],
+)
+def test_bad_config_is_a_value_error_with_a_hint(kwargs, match):
+    arguments = {"total_timesteps": 1_000, **kwargs}
+    with pytest.raises(ValueError, match=match) as excinfo:
+        RunnerConfig(**arguments)
+    assert "HINT" in str(excinfo.value)
+
+
+def test_keep_period_off_the_interval_grid_warns():
+    with pytest.warns(UserWarning, match="only every 15000 timesteps"):
+        RunnerConfig(50_000, checkpoint_interval=3_000, keep_period=5_000)
+
+
+def test_config_is_frozen():
+    config = RunnerConfig(1_000)
+    with pytest.raises(AttributeError):
+        config.seed = 3
+    assert config.checkpoint_dir is None and config.checkpoint_interval == 5_000
+
+
+def test_an_agent_with_another_state_structure_is_refused_and_nothing_is_lost(tmp_path):
+    env, agent = make("cartpole")
+    config = RunnerConfig(1_200, checkpoint_dir=tmp_path, checkpoint_interval=300, resume=True)
+    with pytest.raises(Interrupt):
+        run(env, agent, config, callbacks=[InterruptAt(1_000)])
+    files = snapshot(tmp_path)
+
+    env = gym.make("CartPole-v1")
+    wider = DQNAgent(env.observation_space, env.action_space, hidden=48, buffer_size=3_000)
+    with pytest.raises(StructureMismatchError) as excinfo:
+        run(env, wider, config)
+    message = str(excinfo.value)
+    assert "agent/q/0.weight" in message and "[32, 4]" in message and "[48, 4]" in message
+    assert "DQNAgent" in message and "HINT" in message
+    assert snapshot(tmp_path) == files
+
+    env, agent = make("cartpole")  # the right agent still resumes
+    assert run(env, agent, config).resumed_from == 900
+
+
+def test_an_env_that_does_not_fit_the_agent_or_the_run_is_refused(tmp_path):
+    small = gym.make("FrozenLake-v1")
+    large = gym.make("FrozenLake-v1", map_name="8x8")
+    with pytest.raises(ValueError, match=r"observation_space: the agent expects Discrete\(16\)"):
+        run(large, TabularQAgent(small.observation_space, small.action_space), RunnerConfig(100))
+
+    config = RunnerConfig(3_000, checkpoint_dir=tmp_path, checkpoint_interval=1_000, resume=True)
+    with pytest.raises(Interrupt):
+        run(
+            small,
+            TabularQAgent(small.observation_space, small.action_space),
+            config,
+            callbacks=[InterruptAt(2_500)],
+        )
+    files = snapshot(tmp_path)
+    with pytest.raises(ValueError, match=r"Discrete\(16\) in the checkpoints, Discrete\(64\)"):
+        run(large, TabularQAgent(large.observation_space, large.action_space), config)
+    assert snapshot(tmp_path) == files
+
+
+def test_vector_envs_and_non_agents_are_refused():
+    vector = gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync")
+    with pytest.raises(TypeError, match="vector env"):
+        run(vector, object(), RunnerConfig(100))
+    env = gym.make("FrozenLake-v1")
+    with pytest.raises(TypeError, match="lacks act, learn, state_dict, load_state_dict"):
+        run(env, object(), RunnerConfig(100))
+
+
+# ---------------------------------------------------------------- progress
+
+
+def test_progress_bar_is_quiet_off_a_terminal_and_shown_on_request(capfd):
+    env, agent = make("frozenlake")
+    run(env, agent, RunnerConfig(2_000))
+    captured = capfd.readouterr()
+    assert captured.out == "" and captured.err == ""
+    env, agent = make("frozenlake")
+    run(env, agent, RunnerConfig(2_000), progress=True)
+    err = capfd.readouterr().err
+    assert "2000/2000" in err and "episodes" in err
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["child"]:
+    child_main(sys.argv[2:])
