@@ -143,8 +143,12 @@ class CheckpointManager:
             if not read_only:
                 self._storage.sweep()
             self._infos = self._scan()
-            if not read_only and self._infos:
-                self._apply_on_existing(on_existing)
+            if read_only:
+                self._adopt_recorded_retention(best_fn)
+            else:
+                if self._infos:
+                    self._apply_on_existing(on_existing)
+                self._record_retention()
             self._install_signal_handlers(tuple(save_on_signals))
         except BaseException:
             self._release_lock()
@@ -208,6 +212,20 @@ class CheckpointManager:
             return
         self._quarantine_damaged_newest()
         self.resuming = bool(self._infos)
+
+    def _record_retention(self) -> None:
+        """Write the retention settings into `run.json`, for readers and `ckpt ls`."""
+        doc = self._run_doc()
+        if doc.get("retention") != self._policy.to_json():
+            doc["retention"] = self._policy.to_json()
+            self._write_run_doc(doc)
+
+    def _adopt_recorded_retention(self, best_fn: BestFn | None) -> None:
+        """A reader given no `best_fn` ranks and explains retention as the writer did."""
+        recorded = self._run_doc().get("retention")
+        if best_fn is None and isinstance(recorded, dict):
+            with contextlib.suppress(TypeError, ValueError):
+                self._policy = RetentionPolicy.from_json(recorded)
 
     def _quarantine_damaged_newest(self) -> None:
         """Verify the newest step; move damaged ones aside (never delete) until one is intact."""
@@ -587,6 +605,7 @@ class CheckpointManager:
         self.wait()
         with self._mutex:
             self._remove_owned()
+            self._record_retention()
 
     # ------------------------------------------------------------------ lifetime
 

@@ -109,6 +109,25 @@ class RetentionPolicy:
         keep = set().union(*self._kept(steps, records).values())
         return [s for s in steps if s not in keep]
 
+    def to_json(self) -> dict[str, object]:
+        """The settings, for `run.json` (a callable `best_fn` is recorded by name only)."""
+        best_fn = self.best_fn
+        return {
+            "max_to_keep": self.max_to_keep,
+            "keep_period": self.keep_period,
+            "best_fn": best_fn if isinstance(best_fn, str) or best_fn is None else None,
+            "best_fn_callable": getattr(best_fn, "__qualname__", None)
+            if callable(best_fn)
+            else None,
+            "best_mode": self.best_mode,
+            "keep_best": self.keep_best,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, object]) -> RetentionPolicy:
+        fields = ("max_to_keep", "keep_period", "best_fn", "best_mode", "keep_best")
+        return cls(**{k: doc[k] for k in fields if k in doc})  # type: ignore[arg-type]
+
     def missing_metric(self, metrics: Mapping[str, float]) -> str | None:
         """A warning when `best_fn` cannot rank a step saved with `metrics`, else None."""
         if self.best_fn is None or self.score(metrics) is not None:

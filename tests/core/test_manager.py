@@ -66,7 +66,7 @@ def test_overwrite_removes_library_entries_and_leaves_other_files(run_dir):
     with CheckpointManager(run_dir, on_existing="overwrite") as mgr:
         assert mgr.resuming is False and mgr.all_steps() == []
     left = sorted(p.name for p in run_dir.iterdir())
-    assert left == [".lock", "notes.txt", "step_notes", "tensorboard"]
+    assert left == [".lock", "notes.txt", "run.json", "step_notes", "tensorboard"]
     assert (run_dir / "tensorboard" / "events").read_text() == "mine too"
 
 
@@ -190,6 +190,16 @@ def test_interrupted_replacement_is_repaired_on_open(run_dir):
         np.testing.assert_array_equal(mgr.restore()["w"], state(3)["w"])
 
 
+def test_readers_rank_best_with_the_writers_recorded_retention(run_dir):
+    fill(run_dir, [1, 2, 3], best_fn="loss", best_mode="max", max_to_keep=2, keep_best=1)
+    with CheckpointManager(run_dir, read_only=True) as mgr:
+        assert mgr.policy.best_fn == "loss" and mgr.policy.best_mode == "max"
+        assert mgr.best_step() == 1  # loss = 1 / (step + 1): highest at step 1
+        assert mgr.info(1).kept_because == ("best",)
+    with CheckpointManager(run_dir, read_only=True, best_fn="loss") as mgr:
+        assert mgr.best_step() == 3  # an explicit best_fn wins (mode min)
+
+
 def test_info_and_queries_read_the_manifest(run_dir):
     fill(run_dir, [2, 4])
     with CheckpointManager(run_dir, read_only=True) as mgr:
@@ -276,7 +286,7 @@ def test_background_error_is_raised_by_the_next_call(run_dir):
         with pytest.raises(CheckpointError, match="background save failed"):
             mgr.save(3, state(3))
         assert mgr.all_steps() == []
-    assert [p.name for p in run_dir.iterdir()] == [".lock"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "run.json"]  # no step
 
 
 def test_pending_async_save_is_committed_at_interpreter_exit(run_dir):
