@@ -52,6 +52,17 @@ class FsspecStorage(Storage):
         self._path = path.rstrip("/")
         self.root = url.rstrip("/")
 
+    def acquire_lock(self, owner: dict[str, Any]) -> Any:
+        from .lock import LeaseLock
+
+        try:
+            return LeaseLock(self.fs, self._p(layout.LOCK_FILE), owner, display=self.root)
+        except FileNotFoundError as e:  # the bucket (or container) itself is missing
+            raise FileNotFoundError(
+                f"cannot write checkpoints to {self.root}: {e}. HINT: create the bucket first, "
+                "or check the URL and the endpoint in storage_options."
+            ) from None
+
     def _p(self, rel: str) -> str:
         return f"{self._path}/{rel}" if rel else self._path
 
@@ -88,7 +99,12 @@ class FsspecStorage(Storage):
         self.fs.invalidate_cache(path)
 
     def rename(self, src: str, dst: str) -> None:
-        self.fs.mv(self._p(src), self._p(dst), recursive=True)
+        # Object stores have no rename: copy every object, then delete the source the way a
+        # step is deleted (manifest first). fs.mv of a prefix is not portable (s3fs fails).
+        source = self._p(src)
+        files = self.fs.find(source)
+        self.fs.copy(files, [self._p(dst) + f[len(source) :] for f in files])
+        self.delete_step(src)
 
     def open_read(self, rel: str) -> BinaryIO:
         return self.fs.open(self._p(rel), "rb", block_size=CHUNK)
@@ -112,27 +128,45 @@ class FsspecStorage(Storage):
         self.remove(f"{name}/{layout.MANIFEST}")  # invisible first
         self.remove(name)
 
-    def acquire_lock(self, owner: dict[str, Any]) -> Any:
-        from .lock import LeaseLock
-
-        return LeaseLock(self.fs, self._p(layout.LOCK_FILE), owner)
 
     def sweep(self) -> list[str]:
+        """Also remove uploads that never wrote a manifest, and payload objects a committed
+        step's manifest does not reference (left by a replacement killed mid-way)."""
         swept = super().sweep()
-        committed = self._names_with_manifest()
-        for name in self.list_names():
-            if layout.parse_step(name) is not None and name not in committed:
-                self.remove(name)  # an upload that never wrote its manifest: never visible
+        objects = self._step_objects()
+        for name, files in sorted(objects.items()):
+            if layout.MANIFEST not in files:
+                self.remove(name)  # an upload that never committed: never visible
                 swept.append(name)
+                continue
+            if not any(f.startswith("rev-") for f in files) and len(files) == 1:
+                continue
+            try:
+                manifest = Manifest.from_json(
+                    self.read_bytes(f"{name}/{layout.MANIFEST}"), self.join(name)
+                )
+            except (FileNotFoundError, CorruptCheckpointError):
+                continue  # damaged: left for resume to move aside, never deleted here
+            wanted = {"/".join(p for p in (manifest.payload_dir, f) if p) for f in manifest.files}
+            for file in sorted(files - wanted - {layout.MANIFEST}):
+                self.remove(f"{name}/{file}")
+                swept.append(f"{name}/{file}")
         return swept
 
-    def _names_with_manifest(self) -> set[str]:
+    def _step_objects(self) -> dict[str, set[str]]:
+        """Every object below a `step_*` prefix, by step directory, from one listing."""
         self.fs.invalidate_cache(self._path)
         try:
-            found = self.fs.glob(f"{self._path}/{layout.STEP_PREFIX}*/{layout.MANIFEST}")
+            found = self.fs.find(self._path)
         except FileNotFoundError:
-            return set()
-        return {p.rstrip("/").rsplit("/", 2)[-2] for p in found}
+            return {}
+        out: dict[str, set[str]] = {}
+        prefix = len(self._path) + 1
+        for path in found:
+            name, _, rest = path[prefix:].partition("/")
+            if rest and layout.parse_step(name) is not None:
+                out.setdefault(name, set()).add(rest)
+        return out
 
 
 class _ObjectStepWriter(StepWriter):

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import json
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -29,12 +30,38 @@ def _describe(holder: dict[str, Any] | None) -> str:
     )
 
 
-def _locked_error(where: str, holder: dict[str, Any] | None) -> CheckpointLockedError:
+def _locked_error(
+    where: str, holder: dict[str, Any] | None, extra: str = ""
+) -> CheckpointLockedError:
     return CheckpointLockedError(
         f"{where} is being written by {_describe(holder)}. Only one writer may use a checkpoint "
-        "directory at a time. HINT: stop the other run, write to another directory, or open "
-        "this one with read_only=True to inspect and restore."
+        f"directory at a time.{extra} HINT: stop the other run, write to another directory, or "
+        "open this one with read_only=True to inspect and restore."
     )
+
+
+def machine_identity() -> dict[str, str]:
+    """What tells this machine (boot) and pid namespace apart from others sharing a hostname."""
+    ident = {"host": socket.gethostname()}
+    with contextlib.suppress(OSError):
+        ident["boot_id"] = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    with contextlib.suppress(OSError):
+        ident["pid_ns"] = os.readlink("/proc/self/ns/pid")
+    return ident
+
+
+def _died_here(holder: dict[str, Any]) -> bool:
+    """The lease's holder ran on this machine, in this pid namespace, and is gone."""
+    mine = machine_identity()
+    if "boot_id" not in mine or any(holder.get(k) != v for k, v in mine.items()):
+        return False
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, KeyError, ValueError, TypeError):
+        return False
+    return False
 
 
 class FileLock:
@@ -64,18 +91,27 @@ class FileLock:
 class LeaseLock:
     """A lease object `{owner, pid, host, expires}` refreshed by a daemon thread."""
 
-    def __init__(self, fs: Any, url: str, owner: dict[str, Any], ttl: float = 60.0) -> None:
+    def __init__(
+        self, fs: Any, url: str, owner: dict[str, Any], ttl: float = 60.0, display: str = ""
+    ) -> None:
         self._fs, self._url, self._ttl = fs, url, ttl
         self._owner = dict(owner)
+        self._owner.update(machine_identity())
         now = time.time()
         with contextlib.suppress(FileNotFoundError, ValueError):
             holder = json.loads(fs.cat_file(url))
-            if holder.get("token") != owner["token"] and float(holder.get("expires", 0)) > now:
-                raise _locked_error(url.rsplit("/", 1)[0], holder)
+            live = float(holder.get("expires", 0)) > now and not _died_here(holder)
+            if holder.get("token") != owner["token"] and live:
+                raise _locked_error(
+                    display or url.rsplit("/", 1)[0],
+                    holder,
+                    f" The lease expires at {time.strftime('%H:%M:%S', time.localtime(holder['expires']))}"
+                    " unless its holder refreshes it.",
+                )
         self._write()
         current = json.loads(fs.cat_file(url))
         if current.get("token") != owner["token"]:
-            raise _locked_error(url.rsplit("/", 1)[0], current)
+            raise _locked_error(display or url.rsplit("/", 1)[0], current)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._refresh, name="ckpt-lease", daemon=True)
         self._thread.start()

@@ -106,6 +106,8 @@ class RunnerConfig:
             action space, Python's `random` and torch's global generator if torch is imported.
         best_mode: `"max"` (default: a higher return is better) or `"min"` (e.g. a loss).
         metric_window: how many of the most recent episodes the episode metrics average.
+        storage_options: fsspec options (endpoint, credentials) for a URL `checkpoint_dir`;
+            never written to disk.
 
     Raises:
         ValueError: a count is not a positive int, `resume` and `overwrite` are both set, or
@@ -123,6 +125,7 @@ class RunnerConfig:
     seed: int = 0
     best_mode: str = "max"
     metric_window: int = 100
+    storage_options: Mapping[str, Any] | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         _check_int("total_timesteps", self.total_timesteps, 1, "50_000")
@@ -559,6 +562,7 @@ class CkptRunnerHook:
             best_mode=c.best_mode,
             on_existing=on_existing,
             format="tree",
+            storage_options=dict(c.storage_options) if c.storage_options else None,
         )
 
     def _run_metadata(self) -> dict[str, Any]:
