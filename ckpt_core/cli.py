@@ -1,18 +1,1117 @@
-"""The `ckpt` command: see, verify and prune checkpoint directories."""
+"""The `ckpt` command: see, verify and prune checkpoint directories.
+
+    ckpt ls DIR                 steps of every run at or below DIR, and why each is kept
+    ckpt show DIR [STEP]        a step's manifest and its tree of arrays (no array loaded)
+    ckpt verify DIR [STEP]      sizes and checksums of every file; exit status 1 on damage
+    ckpt prune DIR --max-to-keep N ... [--dry-run]
+    ckpt best DIR [--metric NAME --mode min|max]
+
+Exit status: 0 success, 1 damage found, 2 bad input (one line on stderr, never a traceback).
+Human output is a rich table on a terminal and plain columns when piped; `--json` for scripts.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
 import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from . import __version__, layout
+from .errors import CheckpointError, CorruptCheckpointError
+from .formats.base import StepReader
+from .info import CheckpointInfo
+from .inspect import (
+    RunListing,
+    TreeListing,
+    age,
+    find_runs,
+    human_bytes,
+    list_tree,
+    open_directory,
+    read_manifest,
+    read_run_doc,
+    scan_run,
+)
+from .manifest import CHECKSUM, Manifest
+from .retention import RetentionPolicy
+from .storage import Storage
+
+if TYPE_CHECKING:
+    from .manager import CheckpointManager
+
+EXIT_OK = 0
+EXIT_DAMAGED = 1
+EXIT_BAD_INPUT = 2
+RICH_TABLE_MAX_ROWS = 500  # longer tables are printed as coloured columns, not a rich Table
+
+# What `CheckpointManager` uses when it is given nothing: the policy `ls` explains by default.
+DEFAULT_RETENTION: dict[str, Any] = {
+    "max_to_keep": 5,
+    "keep_period": None,
+    "best_fn": None,
+    "best_mode": "min",
+    "keep_best": 1,
+}
+
+
+class BadInput(Exception):
+    """Input the command cannot work with: printed as one line on stderr, exit status 2."""
+
+
+# ---------------------------------------------------------------- output
+
+
+class Output:
+    """Rich tables and colour on a terminal; plain aligned columns when piped."""
+
+    def __init__(self) -> None:
+        self.rich = sys.stdout.isatty() or bool(os.environ.get("FORCE_COLOR"))
+        self.console: Any = None
+        if self.rich:
+            from rich.console import Console
+
+            self.console = Console(highlight=False, soft_wrap=False)
+
+    def line(self, text: str = "", style: str | None = None) -> None:
+        if self.console is None:
+            print(text)
+        else:
+            from rich.text import Text
+
+            self.console.print(Text(text, style=style or ""))
+
+    def table(
+        self,
+        columns: Sequence[tuple[str, str]],
+        rows: Sequence[Sequence[str]],
+        styles: Sequence[str | None] | None = None,
+        wrap: Sequence[str] = (),
+    ) -> None:
+        """`columns`: (title, "left" | "right"); `styles`: one rich style per row (or None).
+
+        Only the columns named in `wrap` may wrap on a narrow terminal; the others never do.
+        """
+        if not rows:
+            return
+        if self.console is None or len(rows) > RICH_TABLE_MAX_ROWS:
+            widths = [len(title) for title, _ in columns]
+            for row in rows:
+                for i, cell in enumerate(row):
+                    widths[i] = max(widths[i], len(cell))
+            lines = []
+            for row in [[title.upper() for title, _ in columns], *rows]:
+                cells = [
+                    cell.rjust(w) if justify == "right" else cell.ljust(w)
+                    for cell, w, (_, justify) in zip(row, widths, columns)
+                ]
+                lines.append("  " + "  ".join(cells).rstrip())
+            if self.console is not None:
+                # A long table on a terminal: the same columns, coloured line by line (a rich
+                # Table lays out 10,000 rows in seconds; this takes milliseconds).
+                from rich.style import Style
+
+                system = self.console.color_system
+                paint = {s: Style.parse(s) for s in {*(styles or ()), "bold"} if s}
+                lines[0] = paint["bold"].render(lines[0], color_system=system)
+                for i, style in enumerate(styles or ()):
+                    if style:
+                        lines[i + 1] = paint[style].render(lines[i + 1], color_system=system)
+            print("\n".join(lines))
+            return
+        from rich import box
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold")
+        for title, justify in columns:
+            table.add_column(
+                title.upper(),
+                justify=justify,  # type: ignore[arg-type]
+                no_wrap=title not in wrap,
+                overflow="fold" if title in wrap else "ellipsis",
+            )
+        for i, row in enumerate(rows):
+            style = styles[i] if styles else None
+            table.add_row(*(Text(cell) for cell in row), style=style or "")
+        self.console.print(table)
+
+
+def _print_json(doc: Any) -> None:
+    try:  # the common case, fast: nothing to convert
+        text = json.dumps(doc, indent=1, allow_nan=False)
+    except (ValueError, TypeError):
+        text = json.dumps(_json_safe(doc), indent=1, allow_nan=False)
+    print(text)
+
+
+def _json_safe(x: Any) -> Any:
+    """Standard JSON: NaN and infinities become null, tuples lists, unknown objects strings."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_safe(v) for v in x]
+    if x is None or isinstance(x, bool | int | str):
+        return x
+    return str(x)
+
+
+def _when(stamp: float | None, now: float) -> tuple[str, str]:
+    if stamp is None:
+        return "-", "-"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp)), age(stamp, now)
+
+
+def _metrics_text(metrics: dict[str, float] | Any) -> str:
+    return "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()) or "-"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+def _ranges(steps: Iterable[int]) -> str:
+    """[1, 2, 3, 7] -> "1-3, 7" (consecutive runs of steps)."""
+    out: list[str] = []
+    ordered = sorted(steps)
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        out.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ", ".join(out)
+
+
+# ---------------------------------------------------------------- directories and runs
+
+
+def _is_url(directory: str) -> bool:
+    return "://" in directory and not directory.startswith("file://")
+
+
+def _runs(directory: str) -> list[str]:
+    """Every run at or below `directory` (URLs: the directory itself)."""
+    if _is_url(directory):
+        return [directory]
+    path = directory.removeprefix("file://")
+    try:
+        runs = find_runs(path)
+    except FileNotFoundError:
+        raise BadInput(f"{directory} does not exist") from None
+    except NotADirectoryError:
+        if os.path.basename(path) == layout.MANIFEST:
+            raise BadInput(
+                f"{directory} is a manifest file; HINT: pass the run directory (or its step "
+                "directory to `ckpt show`)"
+            ) from None
+        raise BadInput(f"{directory} is a file, not a checkpoint directory") from None
+    if not runs:
+        if os.path.isfile(os.path.join(path, layout.MANIFEST)):
+            raise BadInput(
+                f"{directory} is a single checkpoint step, not a run. HINT: `ckpt show "
+                f"{directory}`, or `ckpt ls {os.path.dirname(path.rstrip('/')) or '.'}`"
+            )
+        raise BadInput(
+            f"{directory} is not a checkpoint directory: no step_* entries in it or in its "
+            f"subdirectories (searched {_depth_note()}). HINT: pass the directory given to "
+            "CheckpointManager (or the adapter's dirpath)."
+        )
+    return runs
+
+
+def _depth_note() -> str:
+    from .inspect import MAX_RUN_DEPTH
+
+    return f"{MAX_RUN_DEPTH} levels deep"
+
+
+def _single_run(directory: str, command: str) -> Storage:
+    """The storage of `directory`, which must itself be a run (not only hold nested ones)."""
+    runs = _runs(directory)
+    own = directory if _is_url(directory) else directory.removeprefix("file://")
+    if any(os.path.normpath(r) == os.path.normpath(own) for r in runs):
+        return open_directory(directory)
+    listed = ", ".join(os.path.relpath(r, own) for r in runs[:5])
+    more = f" and {len(runs) - 5} more" if len(runs) > 5 else ""
+    raise BadInput(
+        f"{directory} holds no steps itself but {len(runs)} nested run(s): {listed}{more}. "
+        f"HINT: `ckpt {command}` takes one run, e.g. `ckpt {command} {runs[0]}`."
+    )
+
+
+def _parse_step(text: str | None) -> int | str | None:
+    if text is None or text in ("latest", "best"):
+        return text
+    try:
+        step = int(text)
+    except ValueError:
+        raise BadInput(f"STEP must be a step number, 'latest' or 'best', got {text!r}") from None
+    if step < 0:
+        raise BadInput(f"STEP must be non-negative, got {step}")
+    return step
+
+
+# ---------------------------------------------------------------- retention
+
+
+@dataclass
+class Retention:
+    """The retention policy a command applies, and where its options came from."""
+
+    policy: RetentionPolicy
+    source: str
+
+    def describe(self, has_best_pointer: bool = True) -> str:
+        p = self.policy
+        parts = [f"max_to_keep={'all' if p.max_to_keep is None else p.max_to_keep}"]
+        if p.keep_period is not None:
+            parts.append(f"keep_period={p.keep_period}")
+        if p.best_fn is not None:
+            parts.append(f"keep_best={p.keep_best} by {p.best_fn!s} ({p.best_mode})")
+        elif p.keep_best and has_best_pointer:
+            parts.append("the run's best pointer")
+        return " + ".join(parts) + f" ({self.source})"
+
+    def as_json(self) -> dict[str, Any]:
+        p = self.policy
+        return {
+            "max_to_keep": p.max_to_keep,
+            "keep_period": p.keep_period,
+            "best_fn": p.best_fn if isinstance(p.best_fn, str) else None,
+            "best_mode": p.best_mode,
+            "keep_best": p.keep_best,
+            "source": self.source,
+        }
+
+    def reasons(self, listing: RunListing) -> dict[int, tuple[str, ...]]:
+        """Why each committed step is kept; without a metric, the run's `best` pointer ranks."""
+        why = self.policy.reasons(listing.steps)
+        pointer = listing.best_pointer
+        if self.policy.best_fn is None and self.policy.keep_best > 0 and pointer in why:
+            assert pointer is not None
+            why[pointer] = (*why[pointer], "best")
+        return why
+
+    def best(self, listing: RunListing) -> int | None:
+        if self.policy.best_fn is not None:
+            return self.policy.best_step(listing.steps)
+        committed = {i.step for i in listing.steps}
+        return listing.best_pointer if listing.best_pointer in committed else None
+
+
+def _retention(args: argparse.Namespace, run_doc: dict[str, Any]) -> Retention:
+    """Command-line options over the run's recorded retention over the manager's defaults."""
+    options = dict(DEFAULT_RETENTION)
+    source = "CheckpointManager defaults; pass the run's options to match it"
+    recorded = run_doc.get("retention")
+    if isinstance(recorded, dict):
+        options.update({k: v for k, v in recorded.items() if k in options})
+        if not isinstance(options["best_fn"], str):
+            options["best_fn"] = None
+        source = "recorded in run.json"
+    given = {
+        "max_to_keep": getattr(args, "max_to_keep", None),
+        "keep_period": getattr(args, "keep_period", None),
+        "best_fn": getattr(args, "metric", None),
+        "best_mode": getattr(args, "mode", None),
+        "keep_best": getattr(args, "keep_best", None),
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    if given:
+        options.update(given)
+        options["max_to_keep"] = None if options["max_to_keep"] == "all" else options["max_to_keep"]
+        recorded_too = isinstance(recorded, dict)
+        source = f"command line + {source}" if recorded_too else "from the command line"
+    try:
+        return Retention(RetentionPolicy(**options), source)
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+
+
+# ---------------------------------------------------------------- ckpt ls
+
+
+def cmd_ls(args: argparse.Namespace, out: Output) -> int:
+    runs = _runs(args.directory)
+    listings = [scan_run(open_directory(run)) for run in runs]
+    if _is_url(args.directory) and not (listings[0].steps or listings[0].others):
+        raise BadInput(f"{args.directory} holds no checkpoint steps")
+    now = time.time()
+    docs = []
+    for listing in listings:
+        retention = _retention(args, listing.run_doc)
+        docs.append(_ls_doc(listing, retention))
+    if args.json:
+        _print_json({"directory": args.directory, "runs": docs})
+        return EXIT_OK
+    for i, (run, listing, doc) in enumerate(zip(runs, listings, docs)):
+        if i:
+            out.line()
+        _render_run(out, run, listing, doc, now)
+    return EXIT_OK
+
+
+def _ls_doc(listing: RunListing, retention: Retention) -> dict[str, Any]:
+    why = retention.reasons(listing)
+    latest = listing.steps[-1].step if listing.steps else None
+    best = retention.best(listing)
+    steps = [
+        {
+            "step": i.step,
+            "time": i.time,
+            "bytes": i.bytes,
+            "format": i.format,
+            "metrics": dict(i.metrics),
+            "path": str(i.path),
+            "latest": i.step == latest,
+            "best": i.step == best,
+            "kept_because": list(why.get(i.step, ())),
+        }
+        for i in listing.steps
+    ]
+    doc = listing.run_doc
+    return {
+        "directory": listing.directory,
+        "complete": listing.complete,
+        "completed_at": doc.get("completed_at"),
+        "final_step": doc.get("final_step"),
+        "latest": latest,
+        "best": best,
+        "retention": retention.as_json(),
+        "total_bytes": sum(i.bytes for i in listing.steps),
+        "steps": steps,
+        "other": [
+            {"name": o.name, "kind": o.kind, "step": o.step, "detail": o.detail, "mtime": o.mtime}
+            for o in listing.others
+        ],
+    }
+
+
+def _render_run(
+    out: Output, run: str, listing: RunListing, doc: dict[str, Any], now: float
+) -> None:
+    """One section of `ckpt ls`: a heading line for the run (as the user named it), a table."""
+    steps = doc["steps"]
+    if listing.complete:
+        state = "complete" + (f" (final step {doc['final_step']})" if doc["final_step"] else "")
+    else:
+        state = "not marked complete" if steps else "no committed steps"
+    head = [state, f"{_plural(len(steps), 'step')}, {human_bytes(doc['total_bytes'])}"]
+    if doc["latest"] is not None:
+        head.append(f"latest {doc['latest']}")
+    if doc["best"] is not None:
+        head.append(f"best {doc['best']}")
+    out.line(f"{run}  ·  " + "  ·  ".join(head), style="bold")
+    retention = Retention(_policy_of(doc["retention"]), doc["retention"]["source"])
+    has_pointer = listing.best_pointer is not None
+    out.line(f"  why kept: {retention.describe(has_pointer)}", style="dim")
+    rows: list[list[str]] = []
+    styles: list[str | None] = []
+    entries: list[tuple[int, int, dict[str, Any]]] = [(s["step"], 0, s) for s in steps]
+    entries += [(o["step"] if o["step"] is not None else -1, 1, o) for o in doc["other"]]
+    if doc["other"]:
+        entries.sort(key=lambda e: (e[0], e[1]))
+    kinds_seen: dict[str, str] = {}
+    for _, is_other, entry in entries:
+        if is_other:
+            saved, ago = _when(entry["mtime"], now)
+            step = "?" if entry["step"] is None else str(entry["step"])
+            kind = entry["kind"].upper()
+            kinds_seen[kind] = entry["detail"]
+            rows.append([step, saved, ago, "-", "-", kind, entry["name"]])
+            styles.append("yellow" if entry["kind"] in ("temporary", "replaced") else "red")
+            continue
+        saved, ago = _when(entry["time"], now)
+        marks = [m for m in ("latest", "best") if entry[m]]
+        kept = ", ".join(entry["kept_because"]) or "-"
+        rows.append(
+            [
+                str(entry["step"]),
+                saved,
+                ago,
+                human_bytes(entry["bytes"]),
+                _metrics_text(entry["metrics"]),
+                " ".join(marks),
+                kept,
+            ]
+        )
+        styles.append("bold green" if marks else None if entry["kept_because"] else "dim")
+    columns = [
+        ("step", "right"),
+        ("saved", "left"),
+        ("age", "right"),
+        ("size", "right"),
+        ("metrics", "left"),
+        ("mark", "left"),
+        ("kept because", "left"),
+    ]
+    out.table(columns, rows, styles, wrap=("metrics", "kept because"))
+    for kind, detail in kinds_seen.items():
+        if kind != "INVALID":
+            out.line(f"  {kind}: {detail}", style="dim")
+    for entry in doc["other"]:
+        if entry["kind"] == "invalid":
+            out.line(f"  INVALID {entry['name']}: {entry['detail']}", style="red")
+
+
+def _policy_of(doc: dict[str, Any]) -> RetentionPolicy:
+    return RetentionPolicy(
+        doc["max_to_keep"], doc["keep_period"], doc["best_fn"], doc["best_mode"], doc["keep_best"]
+    )
+
+
+# ---------------------------------------------------------------- ckpt show
+
+
+def cmd_show(args: argparse.Namespace, out: Output) -> int:
+    storage, name, manifest, run = _show_target(args)
+    listing = scan_run(storage) if run else None
+    latest = best = False
+    if listing is not None:
+        latest = bool(listing.steps) and listing.steps[-1].step == manifest.step
+        best = listing.best_pointer == manifest.step
+    try:
+        tree = list_tree(storage, manifest, name)
+        tree_error = None
+    except CorruptCheckpointError as e:
+        tree, tree_error = TreeListing([], "nothing"), str(e)
+    doc = {
+        "directory": storage.root,
+        "step": manifest.step,
+        "path": storage.join(name),
+        "format": manifest.format,
+        "time": manifest.time,
+        "bytes": manifest.nbytes,
+        "metrics": dict(manifest.metrics),
+        "metadata": manifest.metadata,
+        "versions": dict(manifest.versions),
+        "latest": latest,
+        "best": best,
+        "files": [
+            {"name": f, "size": rec.size, CHECKSUM: rec.checksum}
+            for f, rec in sorted(manifest.files.items())
+        ],
+        "tree": {
+            "source": tree.source,
+            "error": tree_error,
+            "notes": tree.notes,
+            "entries": [
+                {
+                    "path": e.path,
+                    "kind": e.kind,
+                    "dtype": e.dtype,
+                    "shape": e.shape,
+                    "bytes": e.nbytes,
+                    "value": e.value,
+                }
+                for e in tree.entries
+            ],
+            "records": [{"name": n, "size": s} for n, s in tree.records],
+        },
+    }
+    if args.json:
+        _print_json(doc)
+    else:
+        _render_show(out, doc)
+    return EXIT_DAMAGED if tree_error else EXIT_OK
+
+
+def _show_target(args: argparse.Namespace) -> tuple[Storage, str, Manifest, bool]:
+    """(storage of the run, step directory name, manifest, whether it is a managed run)."""
+    directory = args.directory.rstrip("/") or "/"
+    wanted = _parse_step(args.step)
+    local = None if _is_url(directory) else directory.removeprefix("file://")
+    if local is not None and os.path.isfile(os.path.join(local, layout.MANIFEST)):
+        # A step directory (or a `save_checkpoint` directory) given directly.
+        if wanted is not None:
+            raise BadInput(
+                f"{directory} is a single checkpoint (it holds {layout.MANIFEST}); drop STEP, "
+                "or pass the run directory that holds it"
+            )
+        parent, name = os.path.split(os.path.abspath(local))
+        storage = open_directory(parent)
+        return (
+            storage,
+            name,
+            _manifest_or_bad_input(storage, name),
+            layout.parse_step(name) is not None,
+        )
+    storage = _single_run(directory, "show")
+    listing = scan_run(storage)
+    step = _resolve_step(listing, wanted, args)
+    name = layout.step_dirname(step)
+    return storage, name, _manifest_or_bad_input(storage, name), True
+
+
+def _manifest_or_bad_input(storage: Storage, name: str) -> Manifest:
+    try:
+        return read_manifest(storage, name)
+    except CorruptCheckpointError as e:
+        raise BadInput(str(e).split(" HINT")[0]) from None
+
+
+def _resolve_step(listing: RunListing, wanted: int | str | None, args: argparse.Namespace) -> int:
+    committed = [i.step for i in listing.steps]
+    if wanted is None or wanted == "latest":
+        if not committed:
+            raise BadInput(f"{listing.directory} has no committed step")
+        return committed[-1]
+    if wanted == "best":
+        step = _retention(args, {}).best(listing)
+        if step is None:
+            raise BadInput(_no_best_message(listing, getattr(args, "metric", None)))
+        return step
+    assert isinstance(wanted, int)
+    if wanted in committed:
+        return wanted
+    invalid = next((o for o in listing.others if o.step == wanted and o.kind == "invalid"), None)
+    if invalid is not None:
+        raise BadInput(f"step {wanted} is not a committed step: {invalid.detail}")
+    raise BadInput(
+        f"no step {wanted} in {listing.directory}; committed steps: {_ranges(committed) or 'none'}"
+    )
+
+
+def _no_best_message(listing: RunListing, metric: str | None) -> str:
+    if metric is not None:
+        found = sorted({k for i in listing.steps for k in i.metrics})
+        return (
+            f"no step of {listing.directory} has a number for metric {metric!r}; metrics found: "
+            f"{found}"
+        )
+    return (
+        f"{listing.directory} has no best pointer (its run had no best_fn, or no step was "
+        "ranked). HINT: rank by a metric: --metric val_loss [--mode max]"
+    )
+
+
+def _render_show(out: Output, doc: dict[str, Any]) -> None:
+    marks = [m for m in ("latest", "best") if doc[m]]
+    title = f"step {doc['step']}  ·  {doc['path']}" + (f"  ·  {' '.join(marks)}" if marks else "")
+    out.line(title, style="bold")
+    saved, ago = _when(doc["time"], time.time())
+    fields = [
+        ("format", doc["format"]),
+        ("saved", f"{saved} ({ago} ago)"),
+        ("size", f"{human_bytes(doc['bytes'])} in {_plural(len(doc['files']), 'file')}"),
+        ("metrics", _metrics_text(doc["metrics"])),
+        ("metadata", json.dumps(_json_safe(doc["metadata"]))),
+        ("versions", ", ".join(f"{k} {v}" for k, v in doc["versions"].items()) or "-"),
+    ]
+    for key, value in fields:
+        out.line(f"  {key:<9} {value}")
+    out.line()
+    out.line("files", style="bold")
+    out.table(
+        [("file", "left"), ("size", "right"), (CHECKSUM, "left")],
+        [[f["name"], human_bytes(f["size"]), f[CHECKSUM]] for f in doc["files"]],
+        wrap=("file",),
+    )
+    tree = doc["tree"]
+    out.line()
+    if tree["error"]:
+        out.line(f"tree: unreadable: {tree['error']}", style="bold red")
+        return
+    entries = tree["entries"]
+    arrays = [e for e in entries if e["shape"] is not None]
+    total = sum(e["bytes"] or 0 for e in arrays)
+    if entries:
+        others = len(entries) - len(arrays)
+        out.line(
+            f"tree  ·  {_plural(len(arrays), 'array')}, {human_bytes(total)}; {others} other "
+            f"{'leaf' if others == 1 else 'leaves'}  ·  read from {tree['source']}; "
+            "no array loaded",
+            style="bold",
+        )
+    rows = []
+    for e in entries:
+        if e["shape"] is not None or (e["value"] is None and e["kind"] != "None"):
+            value = ""  # an array, or a scalar whose value the header does not hold (orbax)
+        else:
+            value = str(e["value"]) if e["kind"] == "object" else repr(e["value"])
+        rows.append(
+            [
+                e["path"],
+                e["kind"],
+                e["dtype"] or "",
+                str(tuple(e["shape"])) if e["shape"] is not None else "",
+                human_bytes(e["bytes"]) if e["bytes"] is not None else "",
+                value,
+            ]
+        )
+    out.table(
+        [
+            ("path", "left"),
+            ("kind", "left"),
+            ("dtype", "left"),
+            ("shape", "left"),
+            ("bytes", "right"),
+            ("value", "left"),
+        ],
+        rows,
+        wrap=("path", "value"),
+    )
+    if tree["records"]:
+        storages = [r for r in tree["records"] if "/data/" in r["name"]]
+        out.line(
+            f"  state.pt: {len(tree['records'])} zip records, {len(storages)} tensor storages "
+            f"({human_bytes(sum(r['size'] for r in storages))})",
+            style="dim",
+        )
+    for note in tree["notes"]:
+        out.line(f"  note: {note}", style="yellow")
+
+
+# ---------------------------------------------------------------- ckpt verify
+
+
+@dataclass
+class StepCheck:
+    step: int
+    status: str  # "ok", "damaged", "invalid"
+    files: int = 0
+    bytes: int = 0
+    damaged: tuple[tuple[str, str], ...] = ()  # (path, message) per damaged file
+
+
+def verify_step(storage: Storage, info: CheckpointInfo) -> StepCheck:
+    """Check every file of one committed step, naming each damaged file (not only the first)."""
+    name = layout.step_dirname(info.step)
+    try:
+        manifest = read_manifest(storage, name)
+    except CorruptCheckpointError as e:
+        return StepCheck(info.step, "invalid", damaged=((e.path or name, str(e)),))
+    reader = StepReader(storage, name, manifest)
+    damaged = []
+    for file in sorted(manifest.files):
+        try:
+            reader.verify(file)
+        except CorruptCheckpointError as e:
+            damaged.append((e.path or reader.display(file), str(e)))
+        except OSError as e:
+            damaged.append((reader.display(file), f"{reader.display(file)} is unreadable: {e}"))
+    status = "damaged" if damaged else "ok"
+    return StepCheck(info.step, status, len(manifest.files), manifest.nbytes, tuple(damaged))
+
+
+def _invalid_check(storage: Storage, name: str, step: int | None) -> StepCheck:
+    try:
+        read_manifest(storage, name)
+        message = f"{storage.join(name)} changed while it was being checked"
+        where = storage.join(name)
+    except CorruptCheckpointError as e:
+        message, where = str(e), e.path or storage.join(name)
+    return StepCheck(step or 0, "invalid", damaged=((where, message),))
+
+
+def cmd_verify(args: argparse.Namespace, out: Output) -> int:
+    wanted = _parse_step(args.step)
+    if wanted is not None:
+        _single_run(args.directory, "verify")
+        names = [args.directory]
+    else:
+        names = _runs(args.directory)
+    docs = []
+    intact = True
+    for run in names:
+        storage = open_directory(run)
+        listing = scan_run(storage)
+        infos = listing.steps
+        invalid = [o for o in listing.others if o.kind == "invalid"]
+        if wanted is not None:
+            invalid_step = next((o for o in invalid if o.step == wanted), None)
+            infos, invalid = [], [invalid_step] if invalid_step else []
+            if invalid_step is None:
+                step = _resolve_step(listing, wanted, args)
+                infos = [i for i in listing.steps if i.step == step]
+        checks = [verify_step(storage, i) for i in infos]
+        checks += [_invalid_check(storage, o.name, o.step) for o in invalid]
+        checks.sort(key=lambda c: c.step)
+        intact &= all(c.status == "ok" for c in checks)
+        docs.append(
+            {
+                "directory": storage.root,
+                "run": run,
+                "steps": [
+                    {
+                        "step": c.step,
+                        "status": c.status,
+                        "files": c.files,
+                        "bytes": c.bytes,
+                        "damaged": [{"path": p, "error": m} for p, m in c.damaged],
+                    }
+                    for c in checks
+                ],
+                "quarantined": [
+                    o.name for o in listing.others if o.kind == "quarantined" and wanted is None
+                ],
+            }
+        )
+    if args.json:
+        _print_json({"intact": intact, "runs": docs})
+    else:
+        _render_verify(out, docs)
+    return EXIT_OK if intact else EXIT_DAMAGED
+
+
+def _render_verify(out: Output, docs: list[dict[str, Any]]) -> None:
+    n_steps = n_ok = n_files_bad = n_invalid = 0
+    for i, doc in enumerate(docs):
+        if i:
+            out.line()
+        out.line(doc["run"], style="bold")
+        rows, styles = [], []
+        for s in doc["steps"]:
+            n_steps += 1
+            if s["status"] == "ok":
+                n_ok += 1
+                rows.append(
+                    [
+                        str(s["step"]),
+                        "ok",
+                        f"{_plural(s['files'], 'file')}, {human_bytes(s['bytes'])}",
+                    ]
+                )
+                styles.append("green")
+                continue
+            if s["status"] == "invalid":
+                n_invalid += 1
+            else:
+                n_files_bad += len(s["damaged"])
+            for j, d in enumerate(s["damaged"]):
+                rows.append(
+                    [
+                        str(s["step"]) if j == 0 else "",
+                        s["status"].upper() if j == 0 else "",
+                        d["error"],
+                    ]
+                )
+                styles.append("bold red")
+        out.table(
+            [("step", "right"), ("status", "left"), ("detail", "left")],
+            rows,
+            styles,
+            wrap=("detail",),
+        )
+        for name in doc["quarantined"]:
+            out.line(
+                f"  note: {name} is quarantined (a damaged step moved aside on resume; "
+                "not checked)",
+                style="yellow",
+            )
+    problems = []
+    if n_files_bad:
+        problems.append(_plural(n_files_bad, "damaged file"))
+    if n_invalid:
+        problems.append(_plural(n_invalid, "invalid manifest"))
+    summary = f"{n_ok} of {n_steps} steps intact"
+    out.line(
+        summary + (f"; {', '.join(problems)}." if problems else "."),
+        style="bold red" if problems else "bold green",
+    )
+
+
+# ---------------------------------------------------------------- ckpt prune
+
+
+def cmd_prune(args: argparse.Namespace, out: Output) -> int:
+    if all(getattr(args, k) is None for k in ("max_to_keep", "keep_period", "metric", "keep_best")):
+        raise BadInput(
+            "say which retention to apply: --max-to-keep N, --keep-period P and/or --metric NAME "
+            "[--mode min|max --keep-best K] (unset options take the run's recorded retention, "
+            "else the CheckpointManager defaults)"
+        )
+    storage = _single_run(args.directory, "prune")
+    if args.dry_run:
+        return _prune(args, out, storage, None)
+    from .manager import CheckpointManager
+
+    # A writable manager takes the directory's single-writer lock: a live run makes this fail
+    # (CheckpointLockedError) instead of deleting steps under it. Opening it records its
+    # retention in run.json, so it is opened with the run's own, and the record is put back.
+    before = read_run_doc(storage).get("retention")
+    with CheckpointManager(
+        args.directory, on_existing="resume", **_recorded_options(before)
+    ) as mgr:
+        try:
+            return _prune(args, out, mgr.storage, mgr)
+        finally:
+            _restore_recorded_retention(mgr.storage, before)
+
+
+def _recorded_options(recorded: Any) -> dict[str, Any]:
+    """The CheckpointManager retention options a run recorded in run.json ({} if none/invalid)."""
+    if not isinstance(recorded, dict):
+        return {}
+    options = {k: recorded[k] for k in DEFAULT_RETENTION if k in recorded}
+    try:
+        RetentionPolicy(**options)
+    except (TypeError, ValueError):
+        return {}
+    return options
+
+
+def _restore_recorded_retention(storage: Storage, before: Any) -> None:
+    doc = read_run_doc(storage)
+    if doc.get("retention") == before or not doc:
+        return
+    if before is None:
+        doc.pop("retention", None)
+    else:
+        doc["retention"] = before
+    storage.write_small(layout.RUN_FILE, json.dumps(doc, indent=1).encode())
+
+
+def _prune(
+    args: argparse.Namespace, out: Output, storage: Storage, mgr: CheckpointManager | None
+) -> int:
+    listing = scan_run(storage)
+    retention = _retention(args, listing.run_doc)
+    why = retention.reasons(listing)
+    doomed = [s for s, r in why.items() if not r]
+    freed = sum(i.bytes for i in listing.steps if i.step in set(doomed))
+    if mgr is not None:
+        for step in doomed:
+            storage.delete_step(layout.step_dirname(step))
+        _repair_best_pointer(storage, listing, retention, set(doomed))
+        mgr.reload()
+    kept = [(s, r) for s, r in why.items() if r]
+    if args.json:
+        _print_json(
+            {
+                "directory": storage.root,
+                "dry_run": bool(args.dry_run),
+                "retention": retention.as_json(),
+                "deleted": doomed,
+                "bytes_freed": freed,
+                "kept": [{"step": s, "kept_because": list(r)} for s, r in kept],
+            }
+        )
+        return EXIT_OK
+    verb = "would delete" if args.dry_run else "deleted"
+    out.line(
+        f"{args.directory}: {verb} {len(doomed)} of {len(why)} steps ({human_bytes(freed)}) "
+        f"under {retention.describe()}",
+        style="bold",
+    )
+    if doomed:
+        out.line(f"  {verb}: {_ranges(doomed)}", style="red" if not args.dry_run else "yellow")
+    out.table(
+        [("kept", "right"), ("because", "left")],
+        [[str(s), ", ".join(r)] for s, r in kept],
+        wrap=("because",),
+    )
+    return EXIT_OK
+
+
+def _repair_best_pointer(
+    storage: Storage, listing: RunListing, retention: Retention, doomed: set[int]
+) -> None:
+    """Keep the `best` pointer naming a committed step after steps were deleted by hand."""
+    if listing.best_pointer is None or listing.best_pointer not in doomed:
+        return
+    remaining = [i for i in listing.steps if i.step not in doomed]
+    best = retention.policy.best_step(remaining) if retention.policy.best_fn is not None else None
+    if best is None:
+        storage.remove(layout.BEST_POINTER)
+    else:
+        storage.write_small(layout.BEST_POINTER, f"{layout.step_dirname(best)}\n".encode())
+
+
+# ---------------------------------------------------------------- ckpt best
+
+
+def cmd_best(args: argparse.Namespace, out: Output) -> int:
+    storage = _single_run(args.directory, "best")
+    if args.metric is not None:
+        from .manager import CheckpointManager
+
+        # The core ranks: same rules as the run's own best tracking (ties: newer; NaN never).
+        mgr = CheckpointManager(
+            args.directory, read_only=True, best_fn=args.metric, best_mode=args.mode or "min"
+        )
+        step = mgr.best_step()
+        if step is None:
+            raise BadInput(_no_best_message(scan_run(storage), args.metric))
+        info = mgr.info(step)
+        path, metrics, source = str(info.path), dict(info.metrics), f"metric {args.metric!r}"
+    else:
+        listing = scan_run(storage)
+        step = _resolve_step(listing, "best", args)
+        info = next(i for i in listing.steps if i.step == step)
+        path, metrics, source = str(info.path), dict(info.metrics), "best pointer"
+    if args.json:
+        _print_json({"step": step, "path": path, "metrics": metrics, "source": source})
+    else:
+        print(path)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- the parser
+
+
+def _count_or_all(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or 'all', got {text!r}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _add_retention(p: argparse.ArgumentParser, *, explain: str) -> None:
+    g = p.add_argument_group("retention", explain)
+    g.add_argument(
+        "--max-to-keep", type=_count_or_all, metavar="N|all", help="keep the N newest steps"
+    )
+    g.add_argument("--keep-period", type=_positive, metavar="P", help="keep steps divisible by P")
+    g.add_argument("--metric", metavar="NAME", help="rank steps by this metric")
+    g.add_argument(
+        "--mode", choices=("min", "max"), help="which metric values are better (default min)"
+    )
+    g.add_argument(
+        "--keep-best", type=_non_negative, metavar="K", help="keep the K best (default 1)"
+    )
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line on stderr, exit status 2, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="ckpt",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        epilog="Exit status: 0 success, 1 damage found, 2 bad input.",
+    )
+    parser.add_argument("--version", action="version", version=f"ckpt-core {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(
+        name: str, help: str, run: Callable[..., int], json_flag: bool = True
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument(
+            "directory", metavar="DIR", help="a checkpoint directory (local path or URL)"
+        )
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="print JSON for scripts")
+        p.set_defaults(run=run)
+        return p
+
+    ls = command("ls", "list the steps of every run at or below DIR, and why each is kept", cmd_ls)
+    _add_retention(
+        ls,
+        explain="the policy the KEPT BECAUSE column explains. Default: the one the run recorded "
+        "in run.json (else the CheckpointManager defaults); options given here override it, to "
+        "preview another policy",
+    )
+    show = command(
+        "show", "a step's manifest and its tree of arrays, without loading them", cmd_show
+    )
+    show.add_argument(
+        "step", metavar="STEP", nargs="?", help="a step number, 'latest' (default) or 'best'"
+    )
+    show.add_argument(
+        "--metric", help="with STEP 'best': rank by this metric instead of the run's best pointer"
+    )
+    show.add_argument(
+        "--mode", choices=("min", "max"), help="with --metric: which values are better"
+    )
+    verify = command(
+        "verify", "check the size and checksum of every file; exit status 1 on damage", cmd_verify
+    )
+    verify.add_argument(
+        "step", metavar="STEP", nargs="?", help="only this step (default: every step of every run)"
+    )
+    prune = command("prune", "delete the steps a retention policy does not keep", cmd_prune)
+    _add_retention(
+        prune,
+        explain="a step is kept if any rule keeps it; the newest step always is. Options not "
+        "given take the run's recorded retention (else the CheckpointManager defaults)",
+    )
+    prune.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+    best = command("best", "print the path of the best step (for shell scripts)", cmd_best)
+    best.add_argument("--metric", help="rank by this metric (default: the run's best pointer)")
+    best.add_argument(
+        "--mode", choices=("min", "max"), help="which metric values are better (default min)"
+    )
+    return parser
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    if isinstance(error, KeyError | ModuleNotFoundError) or not isinstance(
+        error, BadInput | CheckpointError | OSError
+    ):
+        text = f"{type(error).__name__}: {text}"
+    return " ".join(text.split())
+
+
+def _warn_in_one_line(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+    # e.g. the core moving a damaged step aside when `prune` opens the directory
+    print(f"ckpt: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ckpt", description=__doc__)
-    parser.add_subparsers(dest="command")
+    """Run the `ckpt` command; returns its exit status."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-    return 0
+        return EXIT_OK
+    warnings.showwarning = _warn_in_one_line
+    try:
+        return int(args.run(args, Output()))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `ckpt ls | head`: the reader left; say nothing more (and not on the closed pipe).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except Exception as e:  # never a traceback: one line saying what went wrong
+        if os.environ.get("CKPT_DEBUG"):
+            raise
+        print(f"ckpt {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":
