@@ -170,18 +170,19 @@ class CheckpointManager:
         return infos
 
     def _read_manifest(self, name: str, *, quiet: bool = False) -> Manifest | None:
-        where = self._storage.join(name, layout.MANIFEST)
+        rel = f"{name}/{layout.MANIFEST}"
         try:
-            raw = self._storage.read_bytes(f"{name}/{layout.MANIFEST}")
+            raw = self._storage.read_bytes(rel)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             if quiet:
                 return None
             raise CorruptCheckpointError(
-                f"{where} is missing: {self._storage.join(name)} is not a committed step.",
-                path=where,
+                f"{self._storage.join(rel)} is missing: {self._storage.join(name)} is not a "
+                "committed step.",
+                path=self._storage.join(rel),
             ) from None
         try:
-            return Manifest.from_json(raw, where)
+            return Manifest.from_json(raw, self._storage.join(rel))
         except CorruptCheckpointError:
             if quiet:
                 return None

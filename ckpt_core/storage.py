@@ -317,7 +317,8 @@ class LocalStorage(Storage):
         self.root = str(self.path)
 
     def join(self, *parts: str) -> str:
-        return str(self.path.joinpath(*parts))
+        # Plain strings: this runs once per step when a run of 10,000 steps is opened.
+        return "/".join((self.root, *(p for p in parts if p)))
 
     def list_names(self) -> list[str]:
         try:
@@ -326,7 +327,8 @@ class LocalStorage(Storage):
             return []
 
     def read_bytes(self, rel: str) -> bytes:
-        return (self.path / rel).read_bytes()
+        with open(f"{self.root}/{rel}", "rb") as f:
+            return f.read()
 
     def write_small(self, rel: str, data: bytes) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
