@@ -11,8 +11,6 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, cast
 
-import numpy as np
-
 from .errors import StructureMismatchError
 
 Path = tuple[Any, ...]
@@ -25,6 +23,12 @@ def path_str(path: Path) -> str:
     if not path:
         return "<root>"
     return "/".join(str(k).replace("%", "%25").replace("/", "%2F") for k in path)
+
+
+def is_numpy(x: Any) -> bool:
+    """A numpy array or scalar; like the frameworks, numpy is only looked at once imported."""
+    np = sys.modules.get("numpy")
+    return np is not None and isinstance(x, np.ndarray | np.generic)
 
 
 def is_torch_tensor(x: Any) -> bool:
@@ -47,7 +51,7 @@ def is_jax_key(x: Any) -> bool:
 
 
 def is_array(x: Any) -> bool:
-    return isinstance(x, np.ndarray | np.generic) or is_torch_tensor(x) or is_jax_array(x)
+    return is_numpy(x) or is_torch_tensor(x) or is_jax_array(x)
 
 
 def is_leaf(x: Any) -> bool:
@@ -147,8 +151,8 @@ def rebuild_like(like: Any, leaf_fn: Callable[[Path, Any], Any], path: Path = ()
 
 def describe_leaf(x: Any) -> tuple[str, tuple[int, ...]] | None:
     """`(dtype_name, shape)` of an array leaf, or None for a scalar leaf."""
-    if isinstance(x, np.ndarray | np.generic):
-        return str(np.asarray(x).dtype), tuple(np.shape(x))
+    if is_numpy(x):
+        return str(x.dtype), tuple(x.shape)
     if is_torch_tensor(x):
         return str(x.dtype).removeprefix("torch."), tuple(x.shape)
     if is_jax_array(x):  # typed keys print as key<fry>, key<rbg>, ...

@@ -80,7 +80,7 @@ class FsspecStorage(Storage):
     def read_bytes(self, rel: str) -> bytes:
         return bytes(self.fs.cat_file(self._p(rel)))
 
-    def write_small(self, rel: str, data: bytes) -> None:
+    def write_small(self, rel: str, data: bytes, *, durable: bool = True) -> None:
         self.fs.pipe_file(self._p(rel), data)  # a single PUT replaces an object atomically
 
     def exists(self, rel: str) -> bool:
@@ -127,7 +127,6 @@ class FsspecStorage(Storage):
     def delete_step(self, name: str) -> None:
         self.remove(f"{name}/{layout.MANIFEST}")  # invisible first
         self.remove(name)
-
 
     def sweep(self) -> list[str]:
         """Also remove uploads that never wrote a manifest, and payload objects a committed

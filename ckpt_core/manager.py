@@ -25,7 +25,7 @@ from .errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
 )
-from .formats.base import Format, StepReader, auto_format, get_format
+from .formats.base import Format, SnapshotBuffers, StepReader, auto_format, get_format
 from .info import CheckpointInfo
 from .manifest import Manifest, library_versions, to_float_metrics
 from .retention import BestFn, RetentionPolicy
@@ -128,6 +128,7 @@ class CheckpointManager:
         self._signal_received: int | None = None
         self._previous_handlers: dict[int, Any] = {}
         self._pointers: dict[str, str | None] = {}
+        self._snapshot_buffers = SnapshotBuffers()
         self.resuming = False
 
         if not read_only:
@@ -319,7 +320,8 @@ class CheckpointManager:
         fmt = auto_format(state) if self._format == "auto" else self._resolve(self._format)
         if self._async:
             self.wait()  # at most one save in flight: memory stays bounded
-            snapshot = fmt.snapshot(state)
+            with self._snapshot_buffers.reuse():
+                snapshot = fmt.snapshot(state)
             thread = threading.Thread(
                 target=self._write_in_background,
                 args=(step, fmt, snapshot, floats, metadata),
@@ -385,8 +387,8 @@ class CheckpointManager:
                 continue
             if value is None:
                 self._storage.remove(pointer)
-            else:
-                self._storage.write_small(pointer, f"{value}\n".encode())
+            else:  # derived from the manifests: no fsync needed, a stale pointer is harmless
+                self._storage.write_small(pointer, f"{value}\n".encode(), durable=False)
             self._pointers[pointer] = value
 
     def wait(self) -> None:

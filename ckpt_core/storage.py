@@ -15,6 +15,7 @@ special case.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import io
@@ -34,6 +35,8 @@ from .errors import CorruptCheckpointError, DiskFullError
 from .manifest import FileRecord
 
 CHUNK = 8 << 20  # bytes per read/write call when copying streams
+OVERLAP_BYTES = 4 << 20  # writes at least this large are hashed on another thread meanwhile
+_HASHER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-hash")
 
 
 def new_token() -> str:
@@ -58,12 +61,19 @@ class HashingWriter(io.RawIOBase):
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
-        self._hash.update(view)
         total = len(view)
-        done = 0
-        while done < total:
-            n = self._raw.write(view[done:])
-            done += total - done if n is None else n
+        # xxhash releases the GIL: hash a large buffer on another core while it is written.
+        hashing = _submit_hash(self._hash, view) if total >= OVERLAP_BYTES else None
+        if hashing is None:
+            self._hash.update(view)
+        try:
+            done = 0
+            while done < total:
+                n = self._raw.write(view[done:])
+                done += total - done if n is None else n
+        finally:
+            if hashing is not None:
+                hashing.result()  # the caller may reuse `data` once write returns
         self.size += total
         return total
 
@@ -74,6 +84,13 @@ class HashingWriter(io.RawIOBase):
             self._on_close(self._raw, FileRecord(self.size, self._hash.hexdigest()))
         finally:
             super().close()
+
+
+def _submit_hash(hasher: Any, view: memoryview) -> concurrent.futures.Future[None] | None:
+    try:
+        return _HASHER.submit(hasher.update, view)
+    except RuntimeError:  # the interpreter is exiting (a pending async save): hash inline
+        return None
 
 
 class VerifyingReader(io.RawIOBase):
@@ -223,8 +240,8 @@ class Storage(ABC):
         """Raises FileNotFoundError if missing."""
 
     @abstractmethod
-    def write_small(self, rel: str, data: bytes) -> None:
-        """Replace a small file (pointer, run.json) atomically."""
+    def write_small(self, rel: str, data: bytes, *, durable: bool = True) -> None:
+        """Replace a small file (pointer, run.json) atomically; fsynced if `durable`."""
 
     @abstractmethod
     def exists(self, rel: str) -> bool: ...
@@ -330,16 +347,18 @@ class LocalStorage(Storage):
         with open(f"{self.root}/{rel}", "rb") as f:
             return f.read()
 
-    def write_small(self, rel: str, data: bytes) -> None:
+    def write_small(self, rel: str, data: bytes, *, durable: bool = True) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         target = self.path / rel
         tmp = target.with_name(target.name + SMALL_TMP_SUFFIX)
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, target)
-        _fsync_dir(self.path)
+        if durable:
+            _fsync_dir(self.path)
 
     def exists(self, rel: str) -> bool:
         return (self.path / rel).exists()
