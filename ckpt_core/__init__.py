@@ -10,6 +10,7 @@ from .errors import (
     CorruptCheckpointError,
     DiskFullError,
     StructureMismatchError,
+    UnrankedStepWarning,
     UnsafeFormatError,
 )
 from .formats import Format, StepReader, get_format, register_format
@@ -31,6 +32,7 @@ __all__ = [
     "RetentionPolicy",
     "StepReader",
     "StructureMismatchError",
+    "UnrankedStepWarning",
     "UnsafeFormatError",
     "__version__",
     "checkpoint_exists",

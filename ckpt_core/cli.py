@@ -297,7 +297,7 @@ class Retention:
         """Why each committed step is kept; without a metric, the run's `best` pointer ranks."""
         why = self.policy.reasons(listing.steps)
         pointer = listing.best_pointer
-        if self.policy.best_fn is None and self.policy.keep_best > 0 and pointer in why:
+        if self.policy.best_fn is None and self.policy.keep_best != 0 and pointer in why:
             assert pointer is not None
             why[pointer] = (*why[pointer], "best")
         return why

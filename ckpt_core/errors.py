@@ -37,3 +37,7 @@ class UnsafeFormatError(CheckpointError):
 
 class DiskFullError(CheckpointError, OSError):
     """The storage ran out of space during a save; nothing was committed."""
+
+
+class UnrankedStepWarning(RuntimeWarning):
+    """A step was saved without the metric `best_fn` needs; it is kept by the other rules only."""

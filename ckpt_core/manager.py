@@ -24,6 +24,7 @@ from .errors import (
     CheckpointExistsError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
+    UnrankedStepWarning,
 )
 from .formats.base import Format, SnapshotBuffers, StepReader, auto_format, get_format
 from .info import CheckpointInfo
@@ -59,7 +60,7 @@ class CheckpointManager:
         keep_period: steps divisible by this are never deleted.
         best_fn: a metric name, or a function of the metrics dict returning a score.
         best_mode: "min" or "max": which scores are better.
-        keep_best: with `best_fn`, also keep the K best steps.
+        keep_best: with `best_fn`, also keep the K best steps (None: every ranked step).
         save_interval_steps: `save` writes only when `step % save_interval_steps == 0`
             (None: never by step count, only by time, signal or `force`).
         save_interval_secs: also save when this many seconds passed since the last save.
@@ -87,7 +88,7 @@ class CheckpointManager:
         keep_period: int | None = None,
         best_fn: BestFn | None = None,
         best_mode: Literal["min", "max"] = "min",
-        keep_best: int = 1,
+        keep_best: int | None = 1,
         save_interval_steps: int | None = 1,
         save_interval_secs: float | None = None,
         save_on_signals: Iterable[int] = (),
@@ -316,7 +317,7 @@ class CheckpointManager:
                 f"metadata must be JSON-serialisable ({e}); HINT: put arrays in the state instead."
             ) from None
         if (problem := self._policy.missing_metric(floats)) is not None:
-            warnings.warn(f"step {step}: {problem}", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"step {step}: {problem}", UnrankedStepWarning, stacklevel=2)
         fmt = auto_format(state) if self._format == "auto" else self._resolve(self._format)
         if self._async:
             self.wait()  # at most one save in flight: memory stays bounded

@@ -37,7 +37,7 @@ class RetentionPolicy:
     keep_period: int | None = None
     best_fn: BestFn | None = None
     best_mode: Literal["min", "max"] = "min"
-    keep_best: int = 1
+    keep_best: int | None = 1  # None: every ranked step
 
     def __post_init__(self) -> None:
         if self.max_to_keep is not None and (
@@ -54,8 +54,13 @@ class RetentionPolicy:
             )
         if self.best_mode not in ("min", "max"):
             raise ValueError(f"best_mode must be 'min' or 'max', got {self.best_mode!r}")
-        if not isinstance(self.keep_best, int) or self.keep_best < 0:
-            raise ValueError(f"keep_best must be a non-negative integer, got {self.keep_best!r}")
+        if self.keep_best is not None and (
+            not isinstance(self.keep_best, int) or self.keep_best < 0
+        ):
+            raise ValueError(
+                f"keep_best must be a non-negative integer, or None to keep every ranked step; "
+                f"got {self.keep_best!r}"
+            )
         if self.best_fn is not None and not (
             isinstance(self.best_fn, str) or callable(self.best_fn)
         ):
@@ -94,7 +99,7 @@ class RetentionPolicy:
         kept["recent"] = set(steps if self.max_to_keep is None else steps[-self.max_to_keep :])
         period = self.keep_period
         kept["period"] = {s for s in steps if s % period == 0} if period else set()
-        kept["best"] = set(self.ranked(records, self.keep_best)) if self.keep_best else set()
+        kept["best"] = set(self.ranked(records, self.keep_best)) if self.keep_best != 0 else set()
         return kept
 
     def reasons(self, records: Sequence[StepRecord]) -> dict[int, tuple[str, ...]]:

@@ -21,6 +21,7 @@ from ckpt_core import (
     CheckpointManager,
     CheckpointNotFoundError,
     CorruptCheckpointError,
+    UnrankedStepWarning,
 )
 
 
@@ -141,7 +142,7 @@ def test_metrics_accept_framework_scalars_and_metadata_must_be_json(run_dir):
 
 def test_missing_best_metric_warns_and_leaves_the_step_unranked(run_dir):
     with CheckpointManager(run_dir, best_fn="val_loss") as mgr:
-        with pytest.warns(RuntimeWarning, match="'val_loss' is not among the saved metrics"):
+        with pytest.warns(UnrankedStepWarning, match="'val_loss' is not among the saved metrics"):
             mgr.save(1, state(1), metrics={"loss": 1.0})
         assert mgr.best_step() is None
         mgr.save(2, state(2), metrics={"val_loss": 1.0})

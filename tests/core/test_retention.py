@@ -141,3 +141,8 @@ def test_retention_matches_reference_model_over_random_save_sequences(
             assert all(s in alive for s, _ in saves if s <= step and s % keep_period == 0)
     expected = reference_survivors(saves, max_to_keep, keep_period, keep_best, mode)
     assert sorted(alive) == sorted(expected)
+
+
+def test_keep_best_none_keeps_every_ranked_step():
+    records = recs(1, 2, 3, 4, s1=0.5, s2=0.1, s4=0.3)  # step 3 is unranked
+    assert RetentionPolicy(max_to_keep=1, best_fn="loss", keep_best=None).to_delete(records) == [3]
