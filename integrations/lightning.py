@@ -1,0 +1,660 @@
+"""Lightning adapter: `CkptCallback`, one callback that makes `Trainer.fit` survive crashes.
+
+```python
+cb = CkptCallback("runs/exp", monitor="val_loss", mode="min", save_top_k=2, max_to_keep=3,
+                  every_n_train_steps=50, resume=True)
+trainer = Trainer(max_epochs=10, callbacks=[cb])
+trainer.fit(model, datamodule=dm)      # continues from the latest checkpoint by itself
+trainer.test(ckpt_path="best")
+```
+
+Each checkpoint is Lightning's own checkpoint dict (what `trainer.save_checkpoint` would write,
+plus the Python, numpy and torch RNG states), committed atomically by a
+`ckpt_core.CheckpointManager` in the torch format: `best_model_path` and `last_model_path` point
+at `<dirpath>/step_XXXXXXXX/state.pt`, which `torch.load(path, weights_only=True)`,
+`MyModule.load_from_checkpoint(path)` and `trainer.fit/validate/test(ckpt_path=...)` open.
+Retention, best tracking and the paths are the manager's: nothing is kept in the callback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+
+from ckpt_core import CheckpointManager, UnrankedStepWarning
+
+__all__ = ["CkptCallback"]
+
+# Lightning versions whose internals `_lightning_checkpoint` and `_find_last_checkpoints` were
+# checked against (lightning/pytorch/trainer/connectors/checkpoint_connector.py).
+LIGHTNING_VERSIONS_CHECKED = ("2.6.6",)
+
+
+def _lightning_checkpoint(
+    trainer: Trainer, restore: dict[str, Any] | None = None, *, weights_only: bool = False
+) -> dict[str, Any]:
+    """Build the trainer's checkpoint dict, or hand `restore` to Lightning's own restore path.
+
+    This is the one function in this module that calls into Lightning internals (checked against
+    the versions in `LIGHTNING_VERSIONS_CHECKED`; the only other contact is the
+    `CkptCallback._find_last_checkpoints` override, which Lightning calls), because Lightning has
+    no public API for either job:
+
+    * Building: `trainer.save_checkpoint(path)` both builds the dict and writes it to a file, but
+      the core must do the writing (atomic commit, retention, async). The private
+      `_CheckpointConnector.dump_checkpoint` is the builder it uses, hooks included.
+    * Restoring: a callback cannot pass `ckpt_path` to `fit`; its `setup` hook runs after the
+      path was chosen. `_CheckpointConnector.resume_start(None)` leaves a dict already in
+      `_loaded_checkpoint` in place, so Lightning's own code then restores the model, datamodule,
+      callbacks, precision plugin, loops, optimizers and LR schedulers from it, exactly as for
+      `fit(ckpt_path=...)`. The dict goes through Lightning's checkpoint migration first, as
+      `resume_start` does, so a checkpoint written by an older Lightning loads too.
+
+    Args:
+        trainer: the trainer.
+        restore: a checkpoint dict to restore at the next `fit` restore point; None to build one.
+        weights_only: when building, leave out optimizer, scheduler, callback and precision states.
+
+    Returns:
+        The checkpoint dict built, or `restore` as Lightning will see it.
+    """
+    connector = trainer._checkpoint_connector
+    if restore is None:
+        return connector.dump_checkpoint(weights_only)
+    from lightning.pytorch.utilities.migration.utils import _pl_migrate_checkpoint
+
+    connector._loaded_checkpoint = _pl_migrate_checkpoint(restore)
+    return connector._loaded_checkpoint
+
+
+def _capture_rng_states() -> dict[str, Any]:
+    """The Python, numpy and torch (and, when in use, CUDA) RNG states, as torch.load-safe data."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    states: dict[str, Any] = {
+        "python": {"version": version, "internal": torch.tensor(internal), "gauss": gauss},
+        # numpy arrays need allow-listed globals under weights_only=True; a tensor does not.
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _apply_rng_states(states: Mapping[str, Any]) -> None:
+    """Set the RNG states captured by `_capture_rng_states`."""
+    py = states["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss"]))
+    npy = states["numpy"]
+    np.random.set_state(
+        (
+            npy["kind"],
+            npy["keys"].numpy().astype(np.uint32),
+            npy["pos"],
+            npy["has_gauss"],
+            npy["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The scalar numbers among logged metrics, as floats (tensors with one element included)."""
+    out: dict[str, float] = {}
+    for name, value in metrics.items():
+        if isinstance(value, torch.Tensor):
+            if value.numel() == 1 and not value.is_complex():
+                out[name] = float(value.detach().reshape(()).item())
+        elif isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+class CkptCallback(ModelCheckpoint):
+    """Crash-proof checkpointing for `Trainer.fit`, with Lightning's `ModelCheckpoint` arguments.
+
+    Saves Lightning's full checkpoint dict (model, optimizers, LR schedulers, precision state,
+    loop progress, datamodule and other callbacks' states) plus the Python, numpy and torch RNG
+    states through a `ckpt_core.CheckpointManager`, so every checkpoint is committed atomically
+    and a `SIGKILL` at any moment leaves the previous ones intact. With `resume=True`,
+    `trainer.fit(model)` continues from the latest checkpoint by itself: an interrupted and
+    resumed run ends with the same weights, bit for bit on CPU, as an uninterrupted one (mid-epoch
+    positions need a stateful dataloader, one with `state_dict`/`load_state_dict`).
+
+    Only global rank 0 writes; the other ranks wait at a barrier after each save.
+
+    Args:
+        dirpath: the checkpoint directory (a local path or an fsspec URL such as `s3://b/run`).
+        monitor: a logged metric to rank checkpoints by ("best"); None: no ranking, and "best"
+            means the latest.
+        mode: "min" or "max": which values of `monitor` are better.
+        save_top_k: how many of the best checkpoints by `monitor` are kept besides the
+            `max_to_keep` newest (-1: all of them). Needs `monitor`; default 1 when it is set.
+        max_to_keep: keep the N newest checkpoints (None: keep all). The latest is always kept.
+        keep_period: checkpoints at a global step divisible by this are never deleted.
+        every_n_train_steps: save when the global step is a multiple of this.
+        every_n_epochs: save at the end of every N-th training epoch (the default, with 1, when
+            no trigger is given).
+        train_time_interval: save at the first batch end after this much time (a `timedelta` or
+            seconds) since the last save.
+        save_weights_only: save only the model weights and loop progress (no optimizer, LR
+            scheduler, callback or RNG states); such checkpoints cannot resume training.
+        save_on_exception: also save when `fit` is interrupted by an exception.
+        resume: continue from the latest checkpoint in `dirpath` if there is one.
+        overwrite: delete the checkpoints already in `dirpath` and start over.
+        async_save: write in a background thread; training stalls only for a memory copy.
+        storage_options: passed to fsspec for URL directories (endpoint, credentials).
+
+    Raises:
+        ValueError: conflicting or out-of-range arguments; each message says how to fix them.
+
+    Attributes:
+        best_model_path: the payload file of the best checkpoint ("" before the first save).
+        best_model_score: `monitor`'s value at the best checkpoint (a tensor), or None.
+        best_k_models: payload file -> score of the checkpoints kept for their rank.
+        last_model_path: the payload file of the latest checkpoint ("").
+        resumed_step: the global step `fit` resumed from, or None.
+
+    With neither `resume` nor `overwrite`, `fit` raises `ckpt_core.CheckpointExistsError` when
+    `dirpath` already holds checkpoints, rather than mixing two runs. `trainer.fit(model,
+    ckpt_path="last")` continues the run in `dirpath` like `resume=True`; an explicit
+    `ckpt_path=<file>` wins over `resume=True`.
+
+    Notes:
+        * A step or time trigger that fires at an epoch's last batch saves at the epoch end
+          instead: the same weights, with that epoch's validation metrics logged.
+        * With `monitor`, checkpoints saved before the first validation logged it are kept
+          unranked; if it is still missing after a validation, saving raises.
+        * Metrics are those Lightning holds at save time (`trainer.callback_metrics`, plus
+          `epoch` and `step`); after a resume, those not yet logged again are carried over from
+          the checkpoint resumed, as an uninterrupted run would still hold them.
+        * The RNG states saved are global rank 0's; under DDP every rank resumes with them.
+        * It subclasses `ModelCheckpoint` only so that Lightning's `ckpt_path="last"` finds it;
+          every hook is its own (a test checks that none of ModelCheckpoint's runs).
+    """
+
+    def __init__(
+        self,
+        dirpath: str | Path,
+        *,
+        monitor: str | None = None,
+        mode: Literal["min", "max"] = "min",
+        save_top_k: int | None = None,
+        max_to_keep: int | None = 3,
+        keep_period: int | None = None,
+        every_n_train_steps: int | None = None,
+        every_n_epochs: int | None = None,
+        train_time_interval: timedelta | float | None = None,
+        save_weights_only: bool = False,
+        save_on_exception: bool = False,
+        resume: bool = False,
+        overwrite: bool = False,
+        async_save: bool = False,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        # ModelCheckpoint.__init__ is deliberately not called: this class subclasses it only so
+        # that Lightning's `ckpt_path="last"` resolution asks it for its last checkpoint (see
+        # `_find_last_checkpoints`), and overrides every hook ModelCheckpoint implements, so none
+        # of ModelCheckpoint's own file naming, top-k or state logic ever runs.
+        _validate_arguments(
+            monitor=monitor,
+            mode=mode,
+            save_top_k=save_top_k,
+            every_n_train_steps=every_n_train_steps,
+            every_n_epochs=every_n_epochs,
+            train_time_interval=train_time_interval,
+            save_weights_only=save_weights_only,
+            resume=resume,
+            overwrite=overwrite,
+        )
+        if every_n_train_steps is None and every_n_epochs is None and train_time_interval is None:
+            every_n_epochs = 1
+        if isinstance(train_time_interval, (int, float)):
+            train_time_interval = timedelta(seconds=train_time_interval)
+        self.dirpath = str(dirpath)
+        self.monitor = monitor
+        self.mode = mode
+        self.save_top_k = (1 if save_top_k is None else save_top_k) if monitor else None
+        self.max_to_keep = max_to_keep
+        self.keep_period = keep_period
+        self.every_n_train_steps = every_n_train_steps
+        self._every_n_epochs = every_n_epochs
+        self.train_time_interval = train_time_interval
+        self.save_weights_only = save_weights_only
+        self.save_on_exception = save_on_exception
+        self.resume = resume
+        self.overwrite = overwrite
+        self.async_save = async_save
+        self.storage_options = storage_options
+        self.resumed_step: int | None = None
+        # Options forwarded to every manager opened on `dirpath`, writer or reader, so that both
+        # rank checkpoints the same way. save_top_k=-1 ("all") becomes a K no run reaches.
+        keep_best = 0 if self.save_top_k is None else self.save_top_k
+        self._manager_options: dict[str, Any] = dict(
+            max_to_keep=max_to_keep,
+            keep_period=keep_period,
+            best_fn=monitor,
+            best_mode=mode,
+            keep_best=None if keep_best == -1 else keep_best,
+            format="torch",
+            storage_options=storage_options,
+        )
+        # Run-time state: none of it is checkpoint state, which lives in the manager's manifests.
+        self._manager: CheckpointManager | None = None  # the writer, rank 0, during `fit` only
+        self._opened_before = False  # a later `fit` of the same callback continues its own run
+        self._last_requested = False  # Lightning resolved fit(ckpt_path="last") through us
+        self._last_saved_step: int | None = None
+        self._carried_metrics: dict[str, float] = {}
+        self._last_save_time = time.monotonic()
+        self._validation_ran = False
+        self._saving_at_epoch_end = False
+        self._due_at_epoch_end: str | None = None  # a step trigger fired at an epoch's last batch
+        self._pending_rng: dict[str, Any] | None = None
+        self._pending_rng_at_epoch_end = False
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.monitor)
+
+    @property
+    def every_n_epochs(self) -> int | None:
+        return self._every_n_epochs
+
+    def __repr__(self) -> str:
+        return f"CkptCallback({self.dirpath!r}, monitor={self.monitor!r}, resume={self.resume})"
+
+    # ------------------------------------------------------------------ derived attributes
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[CheckpointManager]:
+        """The writer while `fit` runs on rank 0; otherwise a read-only view of `dirpath`."""
+        if self._manager is not None:
+            yield self._manager
+            return
+        with CheckpointManager(self.dirpath, read_only=True, **self._manager_options) as view:
+            yield view
+
+    @staticmethod
+    def _best(manager: CheckpointManager) -> int | None:
+        # Without a monitor Lightning's "best" is the latest checkpoint.
+        best = manager.best_step()
+        return manager.latest_step() if best is None and manager.policy.best_fn is None else best
+
+    @property
+    def best_model_path(self) -> str:
+        with self._reading() as manager:
+            step = self._best(manager)
+            return "" if step is None else str(manager.payload_path(step))
+
+    @best_model_path.setter
+    def best_model_path(self, value: str) -> None:
+        # Lightning's spawn launchers copy the worker's value back into the main process; the
+        # value is derived from the directory, so there is nothing to store.
+        pass
+
+    @property
+    def best_model_score(self) -> torch.Tensor | None:
+        if self.monitor is None:
+            return None
+        with self._reading() as manager:
+            step = manager.best_step()
+            return None if step is None else torch.tensor(manager.metrics(step)[self.monitor])
+
+    @property
+    def best_k_models(self) -> dict[str, torch.Tensor]:
+        if self.monitor is None:
+            return {}
+        with self._reading() as manager:
+            infos = [manager.info(step) for step in manager.all_steps()]
+            return {
+                str(manager.payload_path(info.step)): torch.tensor(info.metrics[self.monitor])
+                for info in infos
+                if "best" in info.kept_because
+            }
+
+    @property
+    def last_model_path(self) -> str:
+        with self._reading() as manager:
+            step = manager.latest_step()
+            return "" if step is None else str(manager.payload_path(step))
+
+    def _find_last_checkpoints(self, trainer: Trainer) -> set[str]:
+        # Lightning's `fit/validate/test(ckpt_path="last")` asks each ModelCheckpoint for its
+        # last checkpoint through this (private) method; see LIGHTNING_VERSIONS_CHECKED. A
+        # `fit` that asked for "last" continues this run, so `setup` resumes the directory.
+        if trainer.state.fn == "fit":
+            self._last_requested = True
+        last = self.last_model_path
+        return {last} if last else set()
+
+    # ------------------------------------------------------------------ opening and resuming
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._pending_rng = None
+        if stage != "fit":
+            self._last_requested = False
+            return
+        self.resumed_step = None
+        self._due_at_epoch_end = None
+        self._validation_ran = False
+        continuing = self._last_requested or self._opened_before
+        lightning_restores = self._last_requested
+        self._last_requested = False
+        if self.resume or continuing:
+            on_existing = "resume"
+        elif self.overwrite:
+            on_existing = "overwrite"
+        else:
+            on_existing = "error"
+        resume_step = self._open_writer(trainer, on_existing)
+        self._opened_before = True
+        self._last_saved_step = resume_step
+        self._last_save_time = time.monotonic()
+        self._carried_metrics = {}
+        if resume_step is None or not (self.resume or lightning_restores):
+            return
+        with self._reading() as manager:  # the writer on rank 0, a read-only view elsewhere
+            # Lightning forgets logged metrics on restart; an uninterrupted run would still hold
+            # the last logged values, so later checkpoints start from those of the resumed step.
+            self._carried_metrics = {
+                k: v for k, v in manager.metrics(resume_step).items() if k not in ("epoch", "step")
+            }
+            checkpoint = None if lightning_restores else manager.restore(resume_step)
+        if checkpoint is not None:
+            _lightning_checkpoint(trainer, restore=checkpoint)
+        self.resumed_step = resume_step
+        rank_zero_info(f"CkptCallback: resuming from step {resume_step} in {self.dirpath}")
+
+    def _open_writer(self, trainer: Trainer, on_existing: str) -> int | None:
+        """Open the manager on global rank 0; returns, on every rank, the step to resume from."""
+        failure: BaseException | None = None
+        resume_step = None
+        if trainer.is_global_zero and self._manager is None:
+            try:
+                self._manager = CheckpointManager(
+                    self.dirpath,
+                    on_existing=on_existing,
+                    async_save=self.async_save,
+                    **self._manager_options,
+                )
+            except Exception as e:  # raised below, after the other ranks were told
+                failure = e
+        if self._manager is not None and self._manager.resuming:
+            resume_step = self._manager.latest_step()
+        told = (None if failure is None else f"{type(failure).__name__}: {failure}", resume_step)
+        failure_text, resume_step = trainer.strategy.broadcast(told, src=0)
+        if failure is not None:
+            raise failure
+        if failure_text is not None:
+            raise RuntimeError(
+                f"CkptCallback could not open {self.dirpath!r} on global rank 0: {failure_text}"
+            )
+        return resume_step
+
+    def _close_writer(self) -> None:
+        manager, self._manager = self._manager, None
+        if manager is not None:
+            manager.close()  # finishes a pending async save; raises if it failed
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Called by Lightning's restore, before the loops run. The RNG states are applied later,
+        # at the point of the loop that matches where they were captured (see `on_fit_start`).
+        self._pending_rng = state_dict.get("rng")
+        self._pending_rng_at_epoch_end = bool(state_dict.get("rng_at_epoch_end", False))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": _capture_rng_states(), "rng_at_epoch_end": self._saving_at_epoch_end}
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Saved at an epoch end: the next thing that draws random numbers in the uninterrupted
+        # run is the next epoch's dataloader iterator, which a resumed run creates before
+        # `on_train_start`; so the states go back now.
+        if self._pending_rng is not None and self._pending_rng_at_epoch_end:
+            self._apply_pending_rng()
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Saved mid-epoch: the resumed run creates a fresh iterator for the restored (stateful)
+        # dataloader, which the uninterrupted run never did; the states go back after it.
+        if self._pending_rng is not None:
+            self._apply_pending_rng()
+        self._last_save_time = time.monotonic()
+
+    def _apply_pending_rng(self) -> None:
+        assert self._pending_rng is not None
+        _apply_rng_states(self._pending_rng)
+        self._pending_rng = None
+
+    # ------------------------------------------------------------------ saving
+
+    def _skip(self, trainer: Trainer) -> bool:
+        return (
+            bool(trainer.fast_dev_run)
+            or trainer.state.fn != "fit"
+            or trainer.sanity_checking
+            or self._last_saved_step == trainer.global_step
+        )
+
+    def on_train_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if self._skip(trainer) or trainer.global_step == 0:
+            return
+        trigger = None
+        if self.every_n_train_steps is not None:
+            if trainer.global_step % self.every_n_train_steps == 0:
+                trigger = "every_n_train_steps"
+        elif self.train_time_interval is not None:
+            due = (
+                time.monotonic() - self._last_save_time >= self.train_time_interval.total_seconds()
+            )
+            if trainer.world_size > 1:  # clocks differ: rank 0 decides for everyone
+                due = trainer.strategy.broadcast(due, src=0)
+            trigger = "train_time_interval" if due else None
+        if trigger is None:
+            return
+        if batch_idx + 1 == trainer.num_training_batches:
+            # The epoch's last batch: save at the epoch end instead, the same weights with the
+            # validation that runs in between logged, and a clean epoch boundary to resume at.
+            self._due_at_epoch_end = trigger
+            return
+        self._save(trainer, trigger=trigger)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        trigger, self._due_at_epoch_end = self._due_at_epoch_end, None
+        if (
+            self._every_n_epochs is not None
+            and (trainer.current_epoch + 1) % self._every_n_epochs == 0
+        ):
+            trigger = "every_n_epochs"
+        if trigger is not None and not self._skip(trainer):
+            self._save(trainer, trigger=trigger, at_epoch_end=True)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validation_ran = True
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # The final state is always the last checkpoint, whatever the trigger; the run is then
+        # marked complete (resuming it again restores this state and trains no further).
+        if not self._skip(trainer) and trainer.global_step > 0:
+            self._save(trainer, trigger="train_end", at_epoch_end=True)
+        if self._manager is not None:
+            self._manager.mark_complete()
+
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None:
+        try:
+            if (
+                self.save_on_exception
+                and self._manager is not None
+                and trainer.state.fn == "fit"
+                and trainer.global_step > 0
+                and self._last_saved_step != trainer.global_step
+            ):
+                # No barrier: the other ranks may never reach it after this rank failed.
+                self._save(trainer, trigger="exception", check_monitor=False, barrier=False)
+            self._close_writer()
+        except Exception as e:  # never hide the exception that stopped training
+            exception.add_note(f"CkptCallback: the checkpoint on exception failed: {e!r}")
+            rank_zero_warn(f"CkptCallback: the checkpoint on exception failed: {e!r}")
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._close_writer()
+        self._pending_rng = None
+
+    def _metrics(self, trainer: Trainer, *, check_monitor: bool) -> dict[str, float]:
+        metrics = {**self._carried_metrics, **_numeric_metrics(trainer.callback_metrics)}
+        # ModelCheckpoint lets `monitor` name these too.
+        metrics.setdefault("epoch", float(trainer.current_epoch))
+        metrics.setdefault("step", float(trainer.global_step))
+        # Before the first validation a validation metric cannot be there yet: such steps are
+        # saved, unranked. Once validation ran, a missing key is a mistake.
+        missing = self.monitor is not None and self.monitor not in metrics
+        if check_monitor and missing and self._validation_ran:
+            raise MisconfigurationException(
+                f"`CkptCallback(monitor={self.monitor!r})` could not find the monitored key in"
+                f" the logged metrics: {sorted(metrics)}. HINT: Did you call"
+                f" `self.log({self.monitor!r}, value)` in the `LightningModule`?"
+            )
+        return metrics
+
+    def _save(
+        self,
+        trainer: Trainer,
+        *,
+        trigger: str,
+        at_epoch_end: bool = False,
+        check_monitor: bool = True,
+        barrier: bool = True,
+    ) -> None:
+        step = trainer.global_step
+        metrics = self._metrics(trainer, check_monitor=check_monitor)
+        self._saving_at_epoch_end = at_epoch_end
+        try:
+            # Every rank builds the dict: its hooks may talk to the other ranks.
+            checkpoint = _lightning_checkpoint(trainer, weights_only=self.save_weights_only)
+        finally:
+            self._saving_at_epoch_end = False
+        if self._manager is not None:
+            with warnings.catch_warnings():
+                if self.monitor is not None and self.monitor not in metrics:
+                    # Expected before the first validation (see `_metrics`); the core would
+                    # warn at every such step.
+                    warnings.simplefilter("ignore", UnrankedStepWarning)
+                self._manager.save(
+                    step,
+                    checkpoint,
+                    metrics=metrics,
+                    metadata={
+                        "epoch": trainer.current_epoch,
+                        "global_step": step,
+                        "trigger": trigger,
+                    },
+                    force=True,
+                )
+        if barrier:
+            trainer.strategy.barrier("CkptCallback.save")
+        self._last_saved_step = step
+        self._last_save_time = time.monotonic()
+
+
+def _validate_arguments(
+    *,
+    monitor: str | None,
+    mode: str,
+    save_top_k: int | None,
+    every_n_train_steps: int | None,
+    every_n_epochs: int | None,
+    train_time_interval: timedelta | float | None,
+    save_weights_only: bool,
+    resume: bool,
+    overwrite: bool,
+) -> None:
+    """Raise ValueError, with the fix, for arguments that conflict or are out of range."""
+    if resume and overwrite:
+        raise ValueError(
+            "CkptCallback got resume=True and overwrite=True; they conflict (continue the run in"
+            " dirpath, or delete it). HINT: pass only one of them."
+        )
+    if resume and save_weights_only:
+        raise ValueError(
+            "CkptCallback got resume=True and save_weights_only=True; weights-only checkpoints"
+            " hold no optimizer or loop state to resume from. HINT: drop save_weights_only, or"
+            " resume=True."
+        )
+    triggers = {
+        "every_n_train_steps": every_n_train_steps,
+        "every_n_epochs": every_n_epochs,
+        "train_time_interval": train_time_interval,
+    }
+    given = {name: value for name, value in triggers.items() if value is not None}
+    if len(given) > 1:
+        found = ", ".join(f"{name}={value!r}" for name, value in given.items())
+        raise ValueError(
+            f"CkptCallback got conflicting triggers {found}; expected at most one. HINT: keep"
+            f" one of {', '.join(given)} (use max_to_keep/keep_period to keep more checkpoints)."
+        )
+    for name in ("every_n_train_steps", "every_n_epochs"):
+        value = triggers[name]
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
+            raise ValueError(
+                f"CkptCallback got {name}={value!r}; expected a positive integer. HINT: pass None"
+                " to use another trigger."
+            )
+    seconds = (
+        train_time_interval.total_seconds()
+        if isinstance(train_time_interval, timedelta)
+        else train_time_interval
+    )
+    if seconds is not None and not seconds > 0:
+        raise ValueError(
+            f"CkptCallback got train_time_interval={train_time_interval!r}; expected a positive"
+            " timedelta or number of seconds."
+        )
+    if mode not in ("min", "max"):
+        raise ValueError(f"CkptCallback got mode={mode!r}; expected 'min' or 'max'.")
+    if save_top_k is not None:
+        if monitor is None:
+            raise ValueError(
+                f"CkptCallback got save_top_k={save_top_k!r} without monitor; ranking needs a"
+                " metric. HINT: pass monitor='val_loss' (a key you log), or use max_to_keep to"
+                " keep the N newest checkpoints."
+            )
+        if not isinstance(save_top_k, int) or save_top_k < -1:
+            raise ValueError(
+                f"CkptCallback got save_top_k={save_top_k!r}; expected -1 (keep all), 0 or a"
+                " positive integer."
+            )
