@@ -105,6 +105,7 @@ def main() -> None:
         else:
             print(f"fresh run in {args.dir}", flush=True)
 
+        reported = hook.manager.latest_step()
         for step in range(hook.start_step, args.steps):
             state, metrics = train_step(state)
             last = step == args.steps - 1
@@ -117,8 +118,12 @@ def main() -> None:
                 },
                 force=last,
             )
-            if saving:
-                print(f"saved step {step} (loss {float(metrics['loss']):.4f})", flush=True)
+            if saving:  # async: committed in the background, reported once durable
+                committed = hook.manager.latest_step()
+                if committed is not None and committed != reported:
+                    print(f"saved step {committed} (committed)", flush=True)
+                    reported = committed
+                print(f"saving step {step} (loss {float(metrics['loss']):.4f})", flush=True)
             time.sleep(args.step_delay)
         hook.wait()
         hook.mark_complete()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,8 @@ def main() -> None:
         "--step-delay", type=float, default=0.03, help="seconds of sleep per step, to be killable"
     )
     args = parser.parse_args()
+    # Lightning 2.6 with torch 2.13 warns about its own use of a torch pytree API.
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
     # Lightning's banner lines (accelerators, tips) would bury what this script prints.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
