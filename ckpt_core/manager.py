@@ -19,6 +19,7 @@ from types import FrameType, TracebackType
 from typing import Any, Literal
 
 from . import layout
+from .commit import write_step
 from .errors import (
     CheckpointError,
     CheckpointExistsError,
@@ -26,16 +27,31 @@ from .errors import (
     CorruptCheckpointError,
     UnrankedStepWarning,
 )
-from .formats.base import Format, SnapshotBuffers, StepReader, auto_format, get_format
+from .formats.base import Format, SnapshotBuffers, StepReader, get_format, resolve_format
 from .info import CheckpointInfo
-from .manifest import Manifest, library_versions, to_float_metrics
+from .manifest import Manifest, to_float_metrics
 from .retention import BestFn, RetentionPolicy
-from .storage import Storage, new_token, open_storage, translate_os_error
+from .storage import Storage, new_token, open_storage
 
 OnExisting = Literal["error", "resume", "overwrite"]
 StepSpec = int | Literal["latest", "best"] | None
 
 _LIVE: weakref.WeakSet[CheckpointManager] = weakref.WeakSet()
+
+
+def on_existing_from_flags(resume: bool, overwrite: bool, *, caller: str) -> OnExisting:
+    """The `on_existing` option for an adapter's `resume` and `overwrite` flags.
+
+    Raises:
+        ValueError: both are set; the message names `caller`, e.g. "CkptCallback".
+    """
+    if resume and overwrite:
+        raise ValueError(
+            f"{caller} got resume=True and overwrite=True; they exclude each other. HINT: "
+            "resume=True continues the run in the directory, overwrite=True deletes its "
+            "checkpoints and starts over; pass only one."
+        )
+    return "resume" if resume else "overwrite" if overwrite else "error"
 
 
 class CheckpointManager:
@@ -318,7 +334,7 @@ class CheckpointManager:
             ) from None
         if (problem := self._policy.missing_metric(floats)) is not None:
             warnings.warn(f"step {step}: {problem}", UnrankedStepWarning, stacklevel=2)
-        fmt = auto_format(state) if self._format == "auto" else self._resolve(self._format)
+        fmt = resolve_format(self._format, state)
         if self._async:
             self.wait()  # at most one save in flight: memory stays bounded
             with self._snapshot_buffers.reuse():
@@ -337,10 +353,6 @@ class CheckpointManager:
         self._signal_received = None
         return True
 
-    @staticmethod
-    def _resolve(fmt: str | Format) -> Format:
-        return get_format(fmt) if isinstance(fmt, str) else fmt
-
     def _write_in_background(self, *args: Any) -> None:
         try:
             self._write(*args)
@@ -351,25 +363,9 @@ class CheckpointManager:
         self, step: int, fmt: Format, state: Any, metrics: dict[str, float], metadata: Any
     ) -> None:
         name = layout.step_dirname(step)
-        writer = self._storage.begin_step(name)
-        try:
-            fmt.write(state, writer)
-            files = writer.seal()
-            manifest = Manifest(
-                step=step,
-                format=fmt.name,
-                files=files,
-                metrics=metrics,
-                metadata=metadata,
-                versions=library_versions(),
-                payload_dir=writer.payload_dir,
-            )
-            writer.commit(manifest.to_json())
-        except BaseException as e:
-            writer.abort()
-            if isinstance(e, OSError):
-                raise translate_os_error(e, self._storage.join(name)) from e
-            raise
+        manifest = write_step(
+            self._storage, name, fmt, state, step=step, metrics=metrics, metadata=metadata
+        )
         with self._mutex:
             self._infos[step] = self._info_of(manifest)
             for doomed in self._policy.to_delete(list(self._infos.values())):

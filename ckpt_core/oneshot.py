@@ -11,10 +11,11 @@ import posixpath
 from typing import Any
 
 from . import layout
+from .commit import write_step
 from .errors import CheckpointNotFoundError, CorruptCheckpointError
-from .formats.base import Format, StepReader, auto_format, get_format
-from .manifest import Manifest, library_versions
-from .storage import Storage, open_storage, translate_os_error
+from .formats.base import Format, StepReader, get_format, resolve_format
+from .manifest import Manifest
+from .storage import Storage, open_storage
 
 
 def _split(path: str | os.PathLike[str]) -> tuple[Storage, str]:
@@ -41,30 +42,8 @@ def save_checkpoint(
         format: "auto", "tree", "torch", "orbax", "pickle" or a `Format`.
     """
     storage, name = _split(path)
-    fmt = (
-        auto_format(state)
-        if format == "auto"
-        else get_format(format)
-        if isinstance(format, str)
-        else format
-    )
-    writer = storage.begin_step(name)
-    try:
-        fmt.write(state, writer)
-        manifest = Manifest(
-            step=0,
-            format=fmt.name,
-            files=writer.seal(),
-            metadata=metadata,
-            versions=library_versions(),
-            payload_dir=writer.payload_dir,
-        )
-        writer.commit(manifest.to_json())
-    except BaseException as e:
-        writer.abort()
-        if isinstance(e, OSError):
-            raise translate_os_error(e, storage.join(name)) from e
-        raise
+    fmt = resolve_format(format, state)
+    write_step(storage, name, fmt, state, step=0, metadata=metadata)
 
 
 def _manifest(storage: Storage, name: str) -> Manifest:

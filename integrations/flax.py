@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 from ckpt_core import CheckpointManager
+from ckpt_core.manager import on_existing_from_flags
 
 __all__ = ["CkptHook"]
 
@@ -104,12 +105,7 @@ class CkptHook:
         save_on_signals: Iterable[int] = (),
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
-        if resume and overwrite:
-            raise ValueError(
-                f"CkptHook({str(directory)!r}) got resume=True and overwrite=True; they exclude "
-                "each other. HINT: resume=True continues the run in the directory, "
-                "overwrite=True deletes its checkpoints; pass only one."
-            )
+        on_existing = on_existing_from_flags(resume, overwrite, caller="CkptHook")
         if replicate_to is not None and not 1 <= replicate_to <= jax.local_device_count():
             raise ValueError(
                 f"CkptHook(replicate_to={replicate_to}) but this process has "
@@ -129,7 +125,7 @@ class CkptHook:
             save_interval_steps=every_n_steps,
             save_interval_secs=every_n_seconds,
             save_on_signals=tuple(save_on_signals),
-            on_existing="resume" if resume else "overwrite" if overwrite else "error",
+            on_existing=on_existing,
             format=format,
             async_save=async_save,
             storage_options=dict(storage_options) if storage_options is not None else None,

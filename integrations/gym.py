@@ -52,6 +52,7 @@ import gymnasium as gym
 import numpy as np
 
 from ckpt_core import CheckpointManager, StructureMismatchError
+from ckpt_core.manager import on_existing_from_flags
 
 __all__ = [
     "Agent",
@@ -553,7 +554,7 @@ class CkptRunnerHook:
     def _open_manager(self) -> CheckpointManager:
         c = self.config
         assert c.checkpoint_dir is not None
-        on_existing = "resume" if c.resume else "overwrite" if c.overwrite else "error"
+        on_existing = on_existing_from_flags(c.resume, c.overwrite, caller="RunnerConfig")
         return CheckpointManager(
             c.checkpoint_dir,
             max_to_keep=c.max_checkpoints,

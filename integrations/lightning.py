@@ -35,6 +35,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from ckpt_core import CheckpointManager, UnrankedStepWarning
+from ckpt_core.manager import on_existing_from_flags
 
 __all__ = ["CkptCallback"]
 
@@ -364,12 +365,11 @@ class CkptCallback(ModelCheckpoint):
         continuing = self._last_requested or self._opened_before
         lightning_restores = self._last_requested
         self._last_requested = False
-        if self.resume or continuing:
-            on_existing = "resume"
-        elif self.overwrite:
-            on_existing = "overwrite"
-        else:
-            on_existing = "error"
+        # ckpt_path="last", or a second fit with this callback, continues the directory.
+        resume = self.resume or continuing
+        on_existing = on_existing_from_flags(
+            resume, self.overwrite and not resume, caller="CkptCallback"
+        )
         resume_step = self._open_writer(trainer, on_existing)
         self._opened_before = True
         self._last_saved_step = resume_step
@@ -602,11 +602,7 @@ def _validate_arguments(
     overwrite: bool,
 ) -> None:
     """Raise ValueError, with the fix, for arguments that conflict or are out of range."""
-    if resume and overwrite:
-        raise ValueError(
-            "CkptCallback got resume=True and overwrite=True; they conflict (continue the run in"
-            " dirpath, or delete it). HINT: pass only one of them."
-        )
+    on_existing_from_flags(resume, overwrite, caller="CkptCallback")
     if resume and save_weights_only:
         raise ValueError(
             "CkptCallback got resume=True and save_weights_only=True; weights-only checkpoints"

@@ -94,6 +94,13 @@ def auto_format(state: Any) -> Format:
     raise TypeError("format='auto' found no format for this state; HINT: pass format='pickle'.")
 
 
+def resolve_format(fmt: str | Format, state: Any) -> Format:
+    """The format object for a `format=` argument: "auto" picks from `state`."""
+    if fmt == "auto":
+        return auto_format(state)
+    return get_format(fmt) if isinstance(fmt, str) else fmt
+
+
 def _load_builtin_formats() -> None:
     if "tree" not in _REGISTRY:
         from . import orbax, pickle, torch, tree  # noqa: F401  (each module registers itself)

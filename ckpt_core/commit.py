@@ -1,0 +1,46 @@
+"""Writing one step: the format's payload through a `StepWriter`, then the manifest that commits it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .formats.base import Format
+from .manifest import Manifest, library_versions
+from .storage import Storage, translate_os_error
+
+
+def write_step(
+    storage: Storage,
+    name: str,
+    fmt: Format,
+    state: Any,
+    *,
+    step: int,
+    metrics: Mapping[str, float] | None = None,
+    metadata: Any = None,
+) -> Manifest:
+    """Write `state` as the step directory `name` and commit it atomically.
+
+    On any failure everything this write produced is removed and the error is raised (a full
+    disk as `DiskFullError`); the directory is as it was, earlier steps untouched.
+    """
+    writer = storage.begin_step(name)
+    try:
+        fmt.write(state, writer)
+        manifest = Manifest(
+            step=step,
+            format=fmt.name,
+            files=writer.seal(),
+            metrics=dict(metrics or {}),
+            metadata=metadata,
+            versions=library_versions(),
+            payload_dir=writer.payload_dir,
+        )
+        writer.commit(manifest.to_json())
+    except BaseException as e:
+        writer.abort()
+        if isinstance(e, OSError):
+            raise translate_os_error(e, storage.join(name)) from e
+        raise
+    return manifest
