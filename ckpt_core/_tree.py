@@ -160,39 +160,53 @@ def describe_leaf(x: Any) -> tuple[str, tuple[int, ...]] | None:
     return None
 
 
-def check_structure(
-    like: Any, saved: Mapping[str, tuple[str, tuple[int, ...]] | None], where: str
-) -> None:
-    """Raise StructureMismatchError naming every path, shape and dtype that differs.
+Description = tuple[str, tuple[int, ...]] | str | None
+"""What `check_structure` compares: `(dtype, shape)` for an array, a scalar kind ("number",
+"str", "bytes", "none") for a scalar, None for a scalar of unknown kind."""
+
+
+def describe(x: Any) -> Description:
+    """The `Description` of a leaf."""
+    return describe_leaf(x) or scalar_kind(x)
+
+
+def scalar_kind(x: Any) -> str | None:
+    if x is None:
+        return "none"
+    if isinstance(x, bool | int | float):
+        return "number"
+    if isinstance(x, str):
+        return "str"
+    if isinstance(x, bytes):
+        return "bytes"
+    return None
+
+
+def check_structure(like: Any, saved: Mapping[str, Description], where: str) -> None:
+    """Raise StructureMismatchError naming every path, shape, dtype and kind that differs.
+
+    A Python number and a 0-d array stand for each other (a fresh TrainState's step is the
+    int 0, a trained one's an int32 array). A None in `like` is an empty slot that matches
+    anything, and an object the tree cannot store (a function) is kept as the caller's.
 
     Args:
         like: the tree the caller wants back.
-        saved: path string -> `(dtype, shape)` for arrays, None for scalar leaves.
+        saved: path string -> `Description` of every saved leaf.
         where: the checkpoint, for the message.
     """
     problems: list[str] = []
     seen: set[str] = set()
-    for path, leaf in iter_leaves(like):
+    for path, leaf in iter_leaves_lenient(like):
         key = path_str(path)
         seen.add(key)
+        if leaf is None or not is_leaf(leaf):
+            continue
         if key not in saved:
-            if leaf is not None:  # a None in `like` is an empty slot, not a value to find
-                problems.append(f"  {key}: in `like` but not in the checkpoint")
+            problems.append(f"  {key}: in `like` but not in the checkpoint")
             continue
-        want, got = describe_leaf(leaf), saved[key]
-        if want is None or got is None:
-            # A Python number and a 0-d array hold the same value (a fresh TrainState's step
-            # is the int 0, a trained one's an int32 array): either may stand for the other.
-            scalar_array = _is_0d(got if want is None else want)
-            number = isinstance(leaf, bool | int | float) if want is None else True
-            if (want is None) != (got is None) and not (scalar_array and number):
-                what = "an array" if got is not None else "a scalar"
-                problems.append(f"  {key}: the checkpoint holds {what}, `like` does not")
-            continue
-        if tuple(got[1]) != tuple(want[1]):
-            problems.append(f"  {key}: shape {list(got[1])} on disk, {list(want[1])} in `like`")
-        if _dtype_key(got[0]) != _dtype_key(want[0]):
-            problems.append(f"  {key}: dtype {got[0]} on disk, {want[0]} in `like`")
+        problem = _difference(describe(leaf), saved[key])
+        if problem:
+            problems.append(f"  {key}: {problem}")
     problems.extend(
         f"  {key}: in the checkpoint but not in `like`" for key in saved if key not in seen
     )
@@ -206,10 +220,25 @@ def check_structure(
         )
 
 
-def _is_0d(described: tuple[str, tuple[int, ...]] | None) -> bool:
-    return described is not None and tuple(described[1]) == () and "key<" not in described[0]
+def _difference(want: Description, got: Description) -> str:
+    """Why a saved leaf (`got`) cannot become `like`'s leaf (`want`); '' if it can."""
+    if isinstance(want, tuple) and isinstance(got, tuple):
+        why = []
+        if tuple(got[1]) != tuple(want[1]):
+            why.append(f"shape {list(got[1])} on disk, {list(want[1])} in `like`")
+        if got[0] != want[0]:
+            why.append(f"dtype {got[0]} on disk, {want[0]} in `like`")
+        return "; ".join(why)
+    if isinstance(want, tuple) or isinstance(got, tuple):
+        array, kind = (want, got) if isinstance(want, tuple) else (got, want)
+        if _is_0d(array) and kind in ("number", None):
+            return ""
+        on_disk = "an array" if isinstance(got, tuple) else f"a {got or 'scalar'}"
+        return f"the checkpoint holds {on_disk}, `like` does not"
+    if want is None or got is None or want == got:
+        return ""
+    return f"the checkpoint holds a {got}, `like` a {want}"
 
 
-def _dtype_key(name: str) -> str:
-    aliases = {"bool_": "bool", "float": "float64", "double": "float64", "half": "float16"}
-    return aliases.get(name, name)
+def _is_0d(described: Description) -> bool:
+    return isinstance(described, tuple) and tuple(described[1]) == () and "key<" not in described[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from . import layout
 from .formats.base import Format
 from .manifest import Manifest, library_versions
 from .storage import Storage, translate_os_error
@@ -28,10 +29,16 @@ def write_step(
     writer = storage.begin_step(name)
     try:
         fmt.write(state, writer)
+        files = writer.seal()
+        if layout.MANIFEST in files:
+            raise ValueError(
+                f"format {fmt.name!r} wrote a payload file named {layout.MANIFEST!r}, which is "
+                "reserved for the manifest; HINT: give the format's file another name."
+            )
         manifest = Manifest(
             step=step,
             format=fmt.name,
-            files=writer.seal(),
+            files=files,
             metrics=dict(metrics or {}),
             metadata=metadata,
             versions=library_versions(),

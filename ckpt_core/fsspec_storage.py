@@ -10,7 +10,6 @@ manifest first, so a half-deleted step is never visible.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
@@ -175,6 +174,7 @@ class _ObjectStepWriter(StepWriter):
         self._name = name
         self._old: Manifest | None = None
         self._staging: Path | None = None
+        self._committed = False
         try:
             raw = storage.read_bytes(f"{name}/{layout.MANIFEST}")
             self._old = Manifest.from_json(raw, storage.join(name, layout.MANIFEST))
@@ -219,22 +219,19 @@ class _ObjectStepWriter(StepWriter):
 
     def commit(self, manifest: bytes) -> None:
         self._s.write_small(f"{self._name}/{layout.MANIFEST}", manifest)
-        if self._old is not None:
-            if self._old.payload_dir:
+        self._committed = True
+        # The new step is live. Deleting the old payload is housekeeping: if it fails, the
+        # next writer's sweep removes what no manifest references.
+        with contextlib.suppress(Exception):
+            if self._old is not None and self._old.payload_dir:
                 self._s.remove(f"{self._name}/{self._old.payload_dir}")
-            else:
+            elif self._old is not None:
                 for file in self._old.files:
                     self._s.remove(f"{self._name}/{file}")
 
     def abort(self) -> None:
         if self._staging is not None:
             shutil.rmtree(self._staging, ignore_errors=True)
+        if self._committed:
+            return  # never remove a committed step's payload
         self._s.remove(f"{self._name}/{self._payload_dir}" if self._payload_dir else self._name)
-
-
-def lease_holder(storage: FsspecStorage) -> dict[str, Any] | None:
-    """The current lease of a directory, for messages and `ckpt ls`."""
-    try:
-        return dict(json.loads(storage.read_bytes(layout.LOCK_FILE)))
-    except (FileNotFoundError, ValueError):
-        return None

@@ -21,7 +21,7 @@ import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from . import layout
 from .errors import CheckpointError, CorruptCheckpointError
@@ -200,7 +200,7 @@ def scan_run(storage: Storage) -> RunListing:
                     _mtime(storage, name),
                 )
             )
-        elif (target := layout.replaced_step_of(name)) is not None:
+        elif layout.parse_step(target := layout.replaced_entry_of(name) or "") is not None:
             others.append(
                 OtherEntry(
                     name,
@@ -217,7 +217,7 @@ def scan_run(storage: Storage) -> RunListing:
                     name,
                     "quarantined",
                     _step_in(name),
-                    "a damaged step moved aside on resume; never deleted by the library",
+                    "a damaged step moved aside on resume; removed only by overwrite or clear()",
                     _mtime(storage, name),
                 )
             )
@@ -238,7 +238,7 @@ def _is_step_entry(name: str) -> bool:
         layout.parse_step(name) is not None
         or layout.is_temporary(name)
         or layout.is_quarantined(name)
-        or layout.replaced_step_of(name) is not None
+        or layout.parse_step(layout.replaced_entry_of(name) or "") is not None
     )
 
 
@@ -397,7 +397,7 @@ def _tree_listing(reader: StepReader) -> TreeListing:
                 value = f"<{len(value) * 3 // 4} bytes>"
             entries.append(TreeEntry(path, t if t != "none" else "None", value=_short_value(value)))
             continue
-        dtype, shape = described[path]
+        dtype, shape = cast(tuple[str, tuple[int, ...]], described[path])
         offsets = header.get(node["name"], {}).get("data_offsets", [0, 0])
         entries.append(
             TreeEntry(

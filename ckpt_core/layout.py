@@ -5,7 +5,8 @@
       step_00000200/
       .tmp-step_00000300-1f2e/  a step being written (local disks); swept when found stale
       .old-step_00000200-9a8b/  a replaced step, kept until its replacement is committed
-      step_00000100.corrupt-1732000000/   a damaged step moved aside on resume, never deleted
+      step_00000100.corrupt-1732000000/   a damaged step moved aside on resume (kept for
+                                inspection; only `overwrite` and `clear()` remove it)
       latest, best              one-line pointers to step directories, for people and tools
       run.json                  run-level metadata and the completion mark
       .lock                     the single-writer lock (a lease object on object stores)
@@ -30,10 +31,13 @@ TMP_PREFIX = ".tmp-"
 OLD_PREFIX = ".old-"
 CORRUPT_MARK = ".corrupt-"
 
-_STEP_RE = re.compile(r"^step_(\d+)$")
-_TMP_RE = re.compile(r"^\.tmp-step_\d+-[0-9a-f]+$")
-_OLD_RE = re.compile(r"^\.old-(step_\d+)-[0-9a-f]+$")
-_CORRUPT_RE = re.compile(r"^step_\d+\.corrupt-\d+$")
+SMALL_FILES = (LATEST_POINTER, BEST_POINTER, RUN_FILE)
+PARTIAL_SUFFIX = ".partial"  # `.latest.partial`: a small file being replaced
+
+_STEP_RE = re.compile(r"^step_([0-9]+)$")
+_TMP_RE = re.compile(r"^\.tmp-step_[0-9]+-[0-9a-f]+$")
+_OLD_RE = re.compile(r"^\.old-(.+)-[0-9a-f]{12}$")
+_CORRUPT_RE = re.compile(r"^step_[0-9]+\.corrupt-[0-9]+$")
 
 
 def step_dirname(step: int) -> str:
@@ -41,9 +45,12 @@ def step_dirname(step: int) -> str:
 
 
 def parse_step(name: str) -> int | None:
-    """The step of a committed-step directory name, or None for any other name."""
+    """The step of a step directory name as this library writes it, or None for any other."""
     m = _STEP_RE.match(name)
-    return int(m.group(1)) if m else None
+    if m is None:
+        return None
+    step = int(m.group(1))
+    return step if step_dirname(step) == name else None  # `step_1` is not ours
 
 
 def tmp_dirname(name: str, token: str) -> str:
@@ -62,8 +69,16 @@ def is_temporary(name: str) -> bool:
     return bool(_TMP_RE.match(name))
 
 
-def replaced_step_of(name: str) -> str | None:
-    """For a `.old-step_X-...` entry, the step directory it was replaced from."""
+def partial_name(name: str) -> str:
+    return f".{name}{PARTIAL_SUFFIX}"
+
+
+def is_partial(name: str) -> bool:
+    return name in {partial_name(n) for n in SMALL_FILES}
+
+
+def replaced_entry_of(name: str) -> str | None:
+    """For a `.old-<name>-<token>` entry, the directory it was moved aside from."""
     m = _OLD_RE.match(name)
     return m.group(1) if m else None
 
@@ -77,6 +92,8 @@ def is_owned(name: str) -> bool:
     return (
         parse_step(name) is not None
         or is_temporary(name)
-        or replaced_step_of(name) is not None
-        or name in (LATEST_POINTER, BEST_POINTER, RUN_FILE)
+        or is_quarantined(name)
+        or is_partial(name)
+        or parse_step(replaced_entry_of(name) or "") is not None
+        or name in SMALL_FILES
     )

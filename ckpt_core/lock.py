@@ -67,6 +67,8 @@ def _died_here(holder: dict[str, Any]) -> bool:
 class FileLock:
     """An exclusive `flock` on `<dir>/.lock`, holding the owner's description for messages."""
 
+    lost = False  # a kernel lock cannot be taken away while its process lives
+
     def __init__(self, path: Path, owner: dict[str, Any]) -> None:
         self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -112,6 +114,7 @@ class LeaseLock:
         current = json.loads(fs.cat_file(url))
         if current.get("token") != owner["token"]:
             raise _locked_error(display or url.rsplit("/", 1)[0], current)
+        self.lost = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._refresh, name="ckpt-lease", daemon=True)
         self._thread.start()
@@ -124,6 +127,10 @@ class LeaseLock:
     def _refresh(self) -> None:
         while not self._stop.wait(self._ttl / 3):
             with contextlib.suppress(Exception):  # a missed refresh is retried; expiry is far
+                holder = json.loads(self._fs.cat_file(self._url))
+                if holder.get("token") != self._owner["token"]:
+                    self.lost = True  # another writer took the lease: never take it back
+                    return
                 self._write()
 
     def release(self) -> None:

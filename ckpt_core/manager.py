@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import json
+import operator
 import os
 import signal
 import socket
@@ -23,6 +25,7 @@ from .commit import write_step
 from .errors import (
     CheckpointError,
     CheckpointExistsError,
+    CheckpointLockedError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
     UnrankedStepWarning,
@@ -130,6 +133,11 @@ class CheckpointManager:
             )
         if isinstance(format, str) and format != "auto":
             get_format(format)  # unknown names fail here, not at the first save
+        elif not isinstance(format, str | Format):
+            raise TypeError(
+                f"format must be a name or a Format object, got {format!r}; a Format needs a "
+                "`name` and the methods accepts, snapshot, write and read."
+            )
         self._format = format
         self._save_interval_steps = save_interval_steps
         self._save_interval_secs = save_interval_secs
@@ -157,6 +165,8 @@ class CheckpointManager:
                     "token": new_token(),
                 }
             )
+            # A manager dropped without close() must not hold the directory until exit.
+            weakref.finalize(self, self._lock.release)
         try:
             if not read_only:
                 self._storage.sweep()
@@ -169,7 +179,7 @@ class CheckpointManager:
                 self._record_retention()
             self._install_signal_handlers(tuple(save_on_signals))
         except BaseException:
-            self._release_lock()
+            self._release()
             raise
         self._last_save = time.monotonic()
         _LIVE.add(self)
@@ -257,6 +267,10 @@ class CheckpointManager:
             try:
                 manifest = self._read_manifest(name)
                 assert manifest is not None
+                if manifest.step != step:
+                    raise CorruptCheckpointError(
+                        f"{self._storage.join(name)} holds a manifest of step {manifest.step}"
+                    )
                 self._reader(manifest).verify_all()
                 break
             except CorruptCheckpointError as e:
@@ -321,11 +335,11 @@ class CheckpointManager:
             DiskFullError: the disk filled up; nothing was committed.
         """
         self._check_writable()
-        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-            raise ValueError(f"step must be a non-negative integer, got {step!r}")
+        step = _as_step(step)
         if not force and not self.should_save(step):
             return False
         floats = to_float_metrics(metrics)
+        self._check_not_pruned_at_once(step, floats)
         try:
             json.dumps(metadata, allow_nan=True)
         except (TypeError, ValueError) as e:
@@ -353,6 +367,21 @@ class CheckpointManager:
         self._signal_received = None
         return True
 
+    def _check_not_pruned_at_once(self, step: int, metrics: dict[str, float]) -> None:
+        """Refuse a save that retention would delete right after committing it."""
+        with self._mutex:
+            latest = self.latest_step()
+            if latest is None or step >= latest or step in self._infos:
+                return
+            record = CheckpointInfo(step, 0.0, metrics, None, "", 0, "")
+            if step not in self._policy.to_delete([*self._infos.values(), record]):
+                return
+        raise ValueError(
+            f"step {step} is older than the latest step {latest} in {self._storage.root} and "
+            "retention would delete it as soon as it is written. HINT: to roll a run back, "
+            "delete the later steps first (`ckpt prune`, or clear()), or save to a new directory."
+        )
+
     def _write_in_background(self, *args: Any) -> None:
         try:
             self._write(*args)
@@ -376,8 +405,10 @@ class CheckpointManager:
     def _refresh_pointers(self) -> None:
         """Keep the `latest` and `best` pointer files current (for people and tools)."""
         targets = {layout.LATEST_POINTER: self.latest_step()}
-        if self._policy.best_fn is not None:  # a manager that cannot rank leaves `best` alone
+        if self._policy.best_fn is not None:
             targets[layout.BEST_POINTER] = self.best_step()
+        elif self._pointer_names_deleted_step(layout.BEST_POINTER):
+            targets[layout.BEST_POINTER] = None  # cannot rank, but must not point at nothing
         for pointer, step in targets.items():
             value = None if step is None else layout.step_dirname(step)
             if self._pointers.get(pointer, "?") == value:
@@ -387,6 +418,13 @@ class CheckpointManager:
             else:  # derived from the manifests: no fsync needed, a stale pointer is harmless
                 self._storage.write_small(pointer, f"{value}\n".encode(), durable=False)
             self._pointers[pointer] = value
+
+    def _pointer_names_deleted_step(self, pointer: str) -> bool:
+        try:
+            target = self._storage.read_bytes(pointer).decode().strip()
+        except (FileNotFoundError, UnicodeDecodeError):
+            return False
+        return layout.parse_step(target) not in self._infos
 
     def wait(self) -> None:
         """Block until the background save (if any) is committed; raise its error if it failed."""
@@ -436,7 +474,7 @@ class CheckpointManager:
         step = self._resolve_step(step)
         with self._mutex:
             reasons = self._policy.reasons(list(self._infos.values()))
-            return _replace(self._infos[step], kept_because=reasons.get(step, ()))
+            return dataclasses.replace(self._infos[step], kept_because=reasons.get(step, ()))
 
     def metrics(self, step: StepSpec = None) -> Mapping[str, float]:
         return self.info(step).metrics
@@ -459,8 +497,9 @@ class CheckpointManager:
             CorruptCheckpointError: a file is missing or damaged; the message names it.
             UnsafeFormatError: the step is a pickle and `allow_pickle` is False.
         """
-        if self._pending is not None:
-            self.wait()
+        if self._pending is not None:  # see the save in flight; its error stays for save/wait
+            self._pending.join()
+            self._pending = None
         step = self._resolve_step(step)
         manifest = self._manifest(step)
         return get_format(manifest.format).read(self._reader(manifest, lazy), like)
@@ -577,25 +616,29 @@ class CheckpointManager:
             return sum(i.bytes for i in self._infos.values())
 
     def backup(self, path: str | os.PathLike[str]) -> Path:
-        """Write a zip of every committed step (and `run.json`) to `path`; returns its path."""
+        """Write a zip of every committed step (and `run.json`) to `path`; returns its path.
+
+        Every file is verified against its manifest as it is copied, so a backup never
+        preserves damage silently (CorruptCheckpointError names the file).
+        """
         self.wait()
         target = Path(path)
         tmp = target.with_name(target.name + ".partial")
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-            for step in self.all_steps():
-                name = layout.step_dirname(step)
-                manifest = self._manifest(step)
-                for file in sorted(manifest.files):
-                    rel = "/".join(p for p in (name, manifest.payload_dir, file) if p)
-                    with (
-                        self._storage.open_read(rel) as src,
-                        zf.open(rel, "w", force_zip64=True) as dst,
-                    ):
-                        while chunk := src.read(8 << 20):
-                            dst.write(chunk)
-                zf.writestr(f"{name}/{layout.MANIFEST}", manifest.to_json())
-            with contextlib.suppress(FileNotFoundError):
-                zf.writestr(layout.RUN_FILE, self._storage.read_bytes(layout.RUN_FILE))
+        try:
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+                for step in self.all_steps():
+                    reader = self._reader(self._manifest(step))
+                    for file in sorted(reader.manifest.files):
+                        with reader.open(file) as src, zf.open(reader.rel(file), "w") as dst:
+                            while chunk := src.read(8 << 20):
+                                dst.write(chunk)
+                            src.verify()
+                    zf.writestr(reader.rel(layout.MANIFEST), reader.manifest.to_json())
+                with contextlib.suppress(FileNotFoundError):
+                    zf.writestr(layout.RUN_FILE, self._storage.read_bytes(layout.RUN_FILE))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, target)
         return target
 
@@ -619,6 +662,12 @@ class CheckpointManager:
             )
         if self._error is not None:
             self.wait()
+        if self._lock is not None and self._lock.lost:
+            raise CheckpointLockedError(
+                f"this manager lost its lease on {self._storage.root} to another writer (its "
+                "refresh was late); nothing more is written. HINT: make sure one job writes a "
+                "directory at a time, then reopen it with on_existing='resume'."
+            )
 
     def _install_signal_handlers(self, signals: tuple[int, ...]) -> None:
         if not signals:
@@ -637,7 +686,8 @@ class CheckpointManager:
         if callable(previous):
             previous(signum, frame)
 
-    def _release_lock(self) -> None:
+    def _release(self) -> None:
+        """Restore the signal handlers and let go of the lock."""
         for sig, handler in self._previous_handlers.items():
             with contextlib.suppress(ValueError, TypeError):
                 signal.signal(sig, handler)
@@ -658,7 +708,7 @@ class CheckpointManager:
             self.wait()
         finally:
             self._closed = True
-            self._release_lock()
+            self._release()
             _LIVE.discard(self)
 
     def __enter__(self) -> CheckpointManager:
@@ -673,8 +723,10 @@ class CheckpointManager:
         if exc is None:
             self.close()
             return
-        with contextlib.suppress(Exception):  # keep the original error, still finish the save
+        try:  # finish the pending save, but let the user's own error be the one raised
             self.close()
+        except Exception as background:
+            exc.add_note(f"ckpt_core: while handling it, {background}")
 
     def __repr__(self) -> str:
         mode = "read_only" if self._read_only else "closed" if self._closed else "open"
@@ -683,10 +735,17 @@ class CheckpointManager:
         )
 
 
-def _replace(info: CheckpointInfo, **changes: Any) -> CheckpointInfo:
-    import dataclasses
-
-    return dataclasses.replace(info, **changes)
+def _as_step(step: Any) -> int:
+    """A step as an int (numpy and torch integers accepted), or a ValueError saying why."""
+    try:
+        if isinstance(step, bool):
+            raise TypeError
+        value = operator.index(step)
+    except TypeError:
+        raise ValueError(f"step must be a non-negative integer, got {step!r}") from None
+    if value < 0:
+        raise ValueError(f"step must be a non-negative integer, got {step!r}")
+    return value
 
 
 def _short(steps: list[int]) -> str:

@@ -12,18 +12,32 @@ from typing import Any
 
 from . import layout
 from .commit import write_step
-from .errors import CheckpointNotFoundError, CorruptCheckpointError
+from .errors import CheckpointExistsError, CheckpointNotFoundError, CorruptCheckpointError
 from .formats.base import Format, StepReader, get_format, resolve_format
 from .manifest import Manifest
 from .storage import Storage, open_storage
 
 
 def _split(path: str | os.PathLike[str]) -> tuple[Storage, str]:
+    """The storage of `path`'s parent and `path`'s name; interrupted replacements repaired."""
     text = os.fspath(path).rstrip("/")
-    parent, name = posixpath.split(text) if "://" in text else os.path.split(text)
-    if not name:
-        raise ValueError(f"{path!r} does not name a checkpoint directory")
-    return open_storage(parent or ".", None), name
+    if "://" in text:
+        protocol, rest = text.split("://", 1)
+        inside, name = posixpath.split(rest)
+        parent = f"{protocol}://{inside}" if inside or protocol == "memory" else ""
+    else:
+        parent, name = os.path.split(text)
+        parent = parent or "."
+    if not name or not parent:
+        raise ValueError(
+            f"{path!r} does not name a checkpoint directory inside a directory or bucket; "
+            "HINT: e.g. 'runs/model' or 's3://bucket/model'."
+        )
+    storage = open_storage(parent, None)
+    for entry in storage.list_names():
+        if layout.replaced_entry_of(entry) == name:  # a save killed between its two renames
+            storage.repair_replacement(entry)
+    return storage, name
 
 
 def save_checkpoint(
@@ -42,6 +56,11 @@ def save_checkpoint(
         format: "auto", "tree", "torch", "orbax", "pickle" or a `Format`.
     """
     storage, name = _split(path)
+    if storage.exists(name) and not storage.exists(f"{name}/{layout.MANIFEST}"):
+        raise CheckpointExistsError(
+            f"{storage.join(name)} exists and is not a checkpoint; save_checkpoint replaces "
+            "only an earlier checkpoint. HINT: choose another path, or remove it yourself."
+        )
     fmt = resolve_format(format, state)
     write_step(storage, name, fmt, state, step=0, metadata=metadata)
 

@@ -41,13 +41,17 @@ class RetentionPolicy:
 
     def __post_init__(self) -> None:
         if self.max_to_keep is not None and (
-            not isinstance(self.max_to_keep, int) or self.max_to_keep < 1
+            not isinstance(self.max_to_keep, int)
+            or isinstance(self.max_to_keep, bool)
+            or self.max_to_keep < 1
         ):
             raise ValueError(
                 f"max_to_keep must be a positive integer or None (keep all), got {self.max_to_keep!r}"
             )
         if self.keep_period is not None and (
-            not isinstance(self.keep_period, int) or self.keep_period < 1
+            not isinstance(self.keep_period, int)
+            or isinstance(self.keep_period, bool)
+            or self.keep_period < 1
         ):
             raise ValueError(
                 f"keep_period must be a positive integer or None, got {self.keep_period!r}"

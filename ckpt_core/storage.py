@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import ctypes
 import errno
 import io
 import mmap
 import os
 import shutil
+import sys
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -106,6 +108,11 @@ class VerifyingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    @property
+    def expected_size(self) -> int:
+        """The size the manifest records for this file."""
+        return self._expected.size
+
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         n = self._raw.readinto(view)
@@ -173,6 +180,27 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # no libc symbol (old glibc, musl)
+        return False
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False  # this filesystem cannot exchange: use the fallback
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def translate_os_error(e: OSError, where: str) -> OSError:
@@ -290,20 +318,23 @@ class Storage(ABC):
         names = set(self.list_names())
         swept = []
         for name in sorted(names):
-            if layout.is_temporary(name) or name.endswith(SMALL_TMP_SUFFIX):
+            if layout.is_temporary(name) or layout.is_partial(name):
                 self.remove(name)
                 swept.append(name)
-            elif (target := layout.replaced_step_of(name)) is not None:
-                if target in names and self.exists(f"{target}/{layout.MANIFEST}"):
-                    self.remove(name)  # the replacement was committed: the old one can go
-                else:
-                    self.remove(target)  # killed between the two renames: put the old one back
-                    self.rename(name, target)
+            elif layout.parse_step(layout.replaced_entry_of(name) or "") is not None:
+                self.repair_replacement(name)
                 swept.append(name)
         return swept
 
-
-SMALL_TMP_SUFFIX = ".partial"
+    def repair_replacement(self, old: str) -> None:
+        """Finish or undo a replacement killed between its two renames (`.old-<name>-<tok>`)."""
+        target = layout.replaced_entry_of(old)
+        assert target is not None
+        if self.exists(f"{target}/{layout.MANIFEST}"):
+            self.remove(old)  # the replacement was committed: the old one can go
+        else:
+            self.remove(target)  # killed between the two renames: put the old one back
+            self.rename(old, target)
 
 
 def open_storage(
@@ -338,8 +369,11 @@ class LocalStorage(Storage):
         return "/".join((self.root, *(p for p in parts if p)))
 
     def list_names(self) -> list[str]:
+        # Symlinks are never ours (the library creates none): a `step_X` link pointing
+        # elsewhere is not a step, and overwrite/clear leave it alone.
         try:
-            return os.listdir(self.path)
+            with os.scandir(self.path) as entries:
+                return [e.name for e in entries if not e.is_symlink()]
         except FileNotFoundError:
             return []
 
@@ -350,7 +384,7 @@ class LocalStorage(Storage):
     def write_small(self, rel: str, data: bytes, *, durable: bool = True) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         target = self.path / rel
-        tmp = target.with_name(target.name + SMALL_TMP_SUFFIX)
+        tmp = target.with_name(layout.partial_name(target.name))
         with open(tmp, "wb") as f:
             f.write(data)
             if durable:
@@ -420,6 +454,7 @@ class LocalStorage(Storage):
             os.rename(self.path / name, doomed)
         except FileNotFoundError:
             return
+        _fsync_dir(self.path)
         shutil.rmtree(doomed, ignore_errors=True)
 
     def acquire_lock(self, owner: dict[str, Any]) -> Any:
@@ -438,6 +473,7 @@ class _LocalStepWriter(StepWriter):
         self._tmp = storage.path / layout.tmp_dirname(name, new_token())
         self._tmp.mkdir()
         self._dirs: set[Path] = {self._tmp}
+        self._committed = False
 
     @property
     def payload_dir(self) -> str:
@@ -483,16 +519,30 @@ class _LocalStepWriter(StepWriter):
             os.fsync(f.fileno())
         for d in sorted(self._dirs, key=lambda p: len(p.parts), reverse=True):
             _fsync_dir(d)
-        old = None
         if self._final.exists():
-            # rename(2) cannot replace a non-empty directory: move the old step aside first.
-            # A kill between the two renames is repaired by `Storage.sweep`.
-            old = self._storage.path / layout.old_dirname(self._name, new_token())
-            os.rename(self._final, old)
-        os.rename(self._tmp, self._final)
+            self._replace_existing()
+        else:
+            os.rename(self._tmp, self._final)
+        self._committed = True
         _fsync_dir(self._storage.path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+
+    def _replace_existing(self) -> None:
+        """Swap the new step in for the old one; the old one is gone only after the swap."""
+        if _exchange(self._tmp, self._final):
+            shutil.rmtree(self._tmp, ignore_errors=True)  # now holds the old step
+            return
+        # No atomic exchange on this filesystem: move the old step aside, then the new one
+        # in. A kill between the two renames is repaired by `Storage.sweep`; a failure of
+        # the second rename puts the old step back at once.
+        old = self._storage.path / layout.old_dirname(self._name, new_token())
+        os.rename(self._final, old)
+        try:
+            os.rename(self._tmp, self._final)
+        except BaseException:
+            os.rename(old, self._final)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
 
     def abort(self) -> None:
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        if not self._committed:
+            shutil.rmtree(self._tmp, ignore_errors=True)

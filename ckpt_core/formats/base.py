@@ -119,12 +119,15 @@ class StepReader:
     allow_pickle: bool = False
     lazy: bool = False
 
-    def _rel(self, name: str) -> str:
+    def rel(self, name: str) -> str:
+        """`name`'s path relative to the run directory."""
+        if name == "manifest.json":
+            return f"{self.step_dir}/{name}"
         parts = [self.step_dir, self.manifest.payload_dir, name]
         return "/".join(p for p in parts if p)
 
     def display(self, name: str) -> str:
-        return self.storage.join(self._rel(name))
+        return self.storage.join(self.rel(name))
 
     def _record(self, name: str) -> Any:
         try:
@@ -139,7 +142,7 @@ class StepReader:
         """A stream over `name` that checksums as it is read; call `.verify()` after reading."""
         expected = self._record(name)
         try:
-            raw = self.storage.open_read(self._rel(name))
+            raw = self.storage.open_read(self.rel(name))
         except FileNotFoundError:
             raise _missing(self.display(name)) from None
         return VerifyingReader(raw, self.display(name), expected)
@@ -148,7 +151,7 @@ class StepReader:
         """Check the size and checksum of one file."""
         expected = self._record(name)
         try:
-            found = self.storage.hash_file(self._rel(name))
+            found = self.storage.hash_file(self.rel(name))
         except FileNotFoundError:
             raise _missing(self.display(name)) from None
         check_record(self.display(name), found, expected)
@@ -158,11 +161,11 @@ class StepReader:
             self.verify(name)
 
     def local_path(self, name: str) -> Path | None:
-        return self.storage.local_path(self._rel(name))
+        return self.storage.local_path(self.rel(name))
 
     @contextlib.contextmanager
     def fetch_dir(self, subdir: str) -> Iterator[Path]:
-        with self.storage.fetch_dir(self._rel(subdir)) as path:
+        with self.storage.fetch_dir(self.rel(subdir)) as path:
             yield path
 
     def read_bytes(self, name: str) -> bytes:
@@ -183,20 +186,6 @@ def _missing(display: str) -> CheckpointError:
 
 
 # ---------------------------------------------------------------- leaves
-
-
-def map_state(state: Any, fn: Any) -> Any:
-    """Rebuild builtin containers of `state`, applying `fn` to every other object."""
-    if isinstance(state, Mapping):
-        out = {k: map_state(v, fn) for k, v in state.items()}
-        with contextlib.suppress(TypeError):
-            return cast(Any, type(state))(out)
-        return out
-    if isinstance(state, tuple) and hasattr(type(state), "_fields"):
-        return type(state)(*(map_state(v, fn) for v in state))
-    if isinstance(state, list | tuple):
-        return type(state)(map_state(v, fn) for v in state)
-    return fn(state)
 
 
 def host_copy(x: Any) -> Any:
@@ -330,10 +319,19 @@ def convert_to_like(value: Any, like: Any) -> Any:
     if _tree.is_torch_tensor(like):
         import torch
 
-        t = value if isinstance(value, torch.Tensor) else torch.from_numpy(_as_torchable(value))
+        if isinstance(value, bool | int | float):  # a Python number saved for a 0-d tensor
+            t = torch.as_tensor(value, dtype=like.dtype)
+        elif isinstance(value, torch.Tensor):
+            t = value
+        else:
+            t = torch.from_numpy(_as_torchable(np.asarray(value)))
         if t.dtype != like.dtype:
             t = t.view(like.dtype) if t.element_size() == like.element_size() else t.to(like.dtype)
-        return t.to(like.device) if t.device != like.device else t
+        if t.device != like.device:
+            t = t.to(like.device)
+        if isinstance(like, torch.nn.Parameter):
+            return torch.nn.Parameter(t, requires_grad=like.requires_grad)
+        return t
     if isinstance(like, np.ndarray):
         if isinstance(value, bool | int | float):
             return np.asarray(value, dtype=like.dtype)
@@ -357,10 +355,16 @@ def fit_like(loaded: Any, like: Any, where: str) -> Any:
     values: dict[str, Any] = {}
     for path, leaf in _tree.iter_leaves_lenient(loaded):
         values[_tree.path_str(path)] = leaf
-    _tree.check_structure(like, {k: _tree.describe_leaf(v) for k, v in values.items()}, where)
-    return _tree.rebuild_like(
-        like, lambda p, leaf: convert_to_like(values[_tree.path_str(p)], leaf)
-    )
+    _tree.check_structure(like, {k: _tree.describe(v) for k, v in values.items()}, where)
+    return _tree.rebuild_like(like, lambda p, leaf: value_for(values, p, leaf))
+
+
+def value_for(values: Mapping[str, Any], path: Any, like_leaf: Any) -> Any:
+    """The restored value at `path` in `like_leaf`'s type; `like_leaf` itself for an empty slot."""
+    key = _tree.path_str(path)
+    if key not in values:  # an empty slot (None) in `like` that the checkpoint does not have
+        return like_leaf
+    return convert_to_like(values[key], like_leaf)
 
 
 def framework_missing(package: str, extra: str, why: str) -> ImportError:

@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import _tree
 from ..storage import StepWriter
-from .base import StepReader, convert_to_like, framework_missing, host_copy, register_format
+from .base import StepReader, framework_missing, host_copy, register_format, value_for
 
 PAYLOAD_DIR = "orbax"
 
@@ -67,9 +67,7 @@ class OrbaxFormat:
             )
             restored = ckptr.restore(path, target)
         values = {_tree.path_str(p): v for p, v in _tree.iter_leaves_lenient(restored)}
-        return _tree.rebuild_like(
-            like, lambda p, leaf: convert_to_like(values[_tree.path_str(p)], leaf)
-        )
+        return _tree.rebuild_like(like, lambda p, leaf: value_for(values, p, leaf))
 
     def _restore_anywhere(self, path: Any) -> Any:
         """Restore without a target, onto this process's first device if the saved sharding
@@ -115,14 +113,14 @@ def _metadata_leaves(meta: Any) -> dict[str, Any]:
     }
 
 
-def _describe_metadata(metadata: dict[str, Any], like: Any) -> dict[str, Any]:
-    """path -> (dtype, shape) for saved arrays, None for scalars, in `like`'s terms."""
+def _describe_metadata(metadata: dict[str, Any], like: Any) -> dict[str, _tree.Description]:
+    """path -> the `Description` of every saved leaf, in `like`'s terms."""
     like_leaves = {_tree.path_str(p): leaf for p, leaf in _tree.iter_leaves_lenient(like)}
-    out: dict[str, Any] = {}
+    out: dict[str, _tree.Description] = {}
     for key, leaf in metadata.items():
         shape, dtype = getattr(leaf, "shape", None), getattr(leaf, "dtype", None)
         if shape is None or dtype is None or _is_scalar_metadata(leaf):
-            out[key] = None
+            out[key] = "number" if _is_scalar_metadata(leaf) else None
             continue
         described = (str(dtype), tuple(cast(Any, shape)))
         mine: Any = like_leaves.get(key)

@@ -79,6 +79,8 @@ def encode(state: Any, *, copy: bool) -> Encoded:
 
 
 def _encode(node: Any, path: tuple[Any, ...], out: Encoded, taken: set[str], copy: bool) -> Any:
+    if _tree.is_array(node):  # before the Python scalars: np.float64 is a float too
+        return _encode_array(node, path, out, taken, copy)
     if node is None:
         return {"t": "none"}
     if isinstance(node, bool):
@@ -91,8 +93,6 @@ def _encode(node: Any, path: tuple[Any, ...], out: Encoded, taken: set[str], cop
         return {"t": "str", "v": node}
     if isinstance(node, bytes):
         return {"t": "bytes", "v": base64.b64encode(node).decode()}
-    if _tree.is_array(node):
-        return _encode_array(node, path, out, taken, copy)
     if isinstance(node, dict):
         for k in node:
             if not isinstance(k, str | int) or isinstance(k, bool):
@@ -114,7 +114,7 @@ def _encode(node: Any, path: tuple[Any, ...], out: Encoded, taken: set[str], cop
         "t": kind,
         "v": [_encode(c, (*path, k), out, taken, copy) for k, c in kids],
     }
-    if kind == "node" or (kind == "tuple" and hasattr(type(node), "_fields")) or kind == "dict":
+    if kind == "node" or (kind == "tuple" and hasattr(type(node), "_fields")):
         doc["k"] = [k for k, _ in kids]
         doc["type"] = f"{type(node).__module__}.{type(node).__qualname__}"
     return doc
@@ -149,7 +149,9 @@ def _encode_array(
     else:
         doc["kind"] = "numpy" if isinstance(node, np.ndarray) else "numpy_scalar"
         arr = np.asarray(node)
-        data = arr.copy() if copy and isinstance(node, np.ndarray) else arr
+        if not arr.dtype.isnative:  # safetensors is little-endian: write native order
+            arr = arr.astype(arr.dtype.newbyteorder("="))
+        data = host_copy(arr) if copy and arr is node else arr
         dtype_name = arr.dtype.name
     code = _CODES.get(dtype_name)
     if code is None:
@@ -345,12 +347,15 @@ def saved_by_path(structure: Any) -> dict[str, Any]:
     return out
 
 
-def describe(structure: Any, header: dict[str, Any]) -> dict[str, Any]:
-    """path -> (dtype name, shape) for arrays, None for scalars: what `check_structure` compares."""
-    out: dict[str, Any] = {}
+_SCALAR_KINDS = {"bool": "number", "int": "number", "float": "number", "str": "str"}
+
+
+def describe(structure: Any, header: dict[str, Any]) -> dict[str, _tree.Description]:
+    """path -> the `Description` of every saved leaf: what `check_structure` compares."""
+    out: dict[str, _tree.Description] = {}
     for path, node in saved_by_path(structure).items():
         if node["t"] != "array":
-            out[path] = None
+            out[path] = _SCALAR_KINDS.get(node["t"], node["t"])
         elif node.get("kind") == "jax_key":
             out[path] = (node["dtype"], tuple(node["key_shape"]))
         else:
@@ -360,26 +365,62 @@ def describe(structure: Any, header: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_header(f: Any) -> dict[str, Any]:
+    """The safetensors header, checked against itself and the file's recorded size.
+
+    The header is read before the file's checksum can be checked, so nothing in it is
+    trusted: every entry must have a known dtype, a shape of non-negative ints, and offsets
+    that tile the data exactly.
+    """
+
+    def bad(what: str) -> CorruptCheckpointError:
+        return CorruptCheckpointError(
+            f"{f.name}: invalid safetensors header ({what}); the file was damaged or was not "
+            "written by ckpt-core. HINT: restore an earlier step.",
+            path=f.name,
+        )
+
     lenbuf = bytearray(8)
     f.read_exactly(lenbuf)
     (n,) = struct.unpack("<Q", lenbuf)
-    if n > 1 << 30:
-        raise CorruptCheckpointError(f"{f.name}: safetensors header of {n} bytes", path=f.name)
+    data_size = f.expected_size - 8 - n
+    if n > 1 << 30 or data_size < 0:
+        raise bad(f"a header of {n} bytes in a file of {f.expected_size}")
     raw = bytearray(n)
     f.read_exactly(raw)
     try:
         header = json.loads(bytes(raw))
     except ValueError as e:
-        raise CorruptCheckpointError(
-            f"{f.name}: unreadable safetensors header ({e})", path=f.name
-        ) from None
+        raise bad(f"not JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise bad("not a JSON object")
     header.pop("__metadata__", None)
-    for name, info in header.items():
-        if info.get("dtype") not in _NAMES:
-            raise CorruptCheckpointError(
-                f"{f.name}: array {name!r} has unknown dtype {info.get('dtype')!r}", path=f.name
-            )
+    end = 0
+    for name, info in sorted(header.items(), key=lambda kv: _start_of(kv[1])):
+        if not isinstance(info, dict) or info.get("dtype") not in _NAMES:
+            raise bad(f"array {name!r} has no known dtype")
+        shape, offsets = info.get("shape"), info.get("data_offsets")
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+            raise bad(f"array {name!r} has shape {shape!r}")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_count, offsets)):
+            raise bad(f"array {name!r} has offsets {offsets!r}")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * numpy_dtype(_NAMES[info["dtype"]]).itemsize
+        if offsets[0] != end or offsets[1] - offsets[0] != nbytes:
+            raise bad(f"array {name!r} at {offsets} does not follow byte {end} with {nbytes} bytes")
+        end = offsets[1]
+    if end != data_size:
+        raise bad(f"the arrays cover {end} bytes of {data_size}")
     return header
+
+
+def _start_of(info: Any) -> int:
+    try:
+        return int(info["data_offsets"][0])
+    except (TypeError, KeyError, IndexError, ValueError):
+        return -1
+
+
+def _is_count(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1 << 62
 
 
 def _kind_of(like_leaf: Any) -> str | None:
@@ -436,7 +477,9 @@ def _decode(node: Any, arrays: dict[str, Any]) -> Any:
 
 
 def _from_saved(saved: dict[str, Any], arrays: dict[str, Any], path: Any, like_leaf: Any) -> Any:
-    node = saved[_tree.path_str(path)]
+    node = saved.get(_tree.path_str(path))
+    if node is None:  # an empty slot (None) in `like` that the checkpoint does not have
+        return like_leaf
     if node["t"] != "array":
         return convert_to_like(_leaf_value(node), like_leaf)
     buf = arrays[node["name"]]

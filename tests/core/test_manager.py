@@ -185,7 +185,7 @@ def test_saving_an_existing_step_replaces_it(run_dir):
 
 def test_interrupted_replacement_is_repaired_on_open(run_dir):
     fill(run_dir, [3])
-    os.rename(run_dir / "step_00000003", run_dir / ".old-step_00000003-0123abcd")  # killed here
+    os.rename(run_dir / "step_00000003", run_dir / ".old-step_00000003-0123456789ab")  # killed here
     with CheckpointManager(run_dir, on_existing="resume") as mgr:
         assert mgr.all_steps() == [3]
         np.testing.assert_array_equal(mgr.restore()["w"], state(3)["w"])

@@ -1,0 +1,252 @@
+"""Edge cases found in review: each test pins a behaviour that once lost or mangled data."""
+
+from __future__ import annotations
+
+import gc
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ckpt_core import (
+    CheckpointError,
+    CheckpointExistsError,
+    CheckpointManager,
+    CorruptCheckpointError,
+    RetentionPolicy,
+    StructureMismatchError,
+    checkpoint_exists,
+    load_checkpoint,
+    save_checkpoint,
+)
+from ckpt_core import storage as storage_module
+
+
+def st(v: float) -> dict:
+    return {"w": np.full(4, v)}
+
+
+# ---------------------------------------------------------------- replacing a step
+
+
+def test_object_store_replacement_survives_a_failed_cleanup(monkeypatch):
+    url = f"memory://edge/{uuid.uuid4().hex}"
+    with CheckpointManager(url) as mgr:
+        mgr.save(1, st(1))
+        real_remove = type(mgr.storage).remove
+        calls = {"n": 0}
+
+        def flaky_remove(self, rel):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise OSError(5, "transient")
+            return real_remove(self, rel)
+
+        monkeypatch.setattr(type(mgr.storage), "remove", flaky_remove)
+        mgr.save(1, st(2), force=True)  # the old payload's deletion fails after the commit
+        monkeypatch.undo()
+        np.testing.assert_array_equal(mgr.restore(1)["w"], st(2)["w"])
+    with CheckpointManager(url, on_existing="resume") as mgr:  # the sweep takes the leftovers
+        np.testing.assert_array_equal(mgr.restore(1)["w"], st(2)["w"])
+
+
+def test_local_replacement_without_exchange_puts_the_old_step_back_on_failure(run_dir, monkeypatch):
+    with CheckpointManager(run_dir) as mgr:
+        mgr.save(3, st(3))
+        monkeypatch.setattr(storage_module, "_exchange", lambda a, b: False)
+        real_rename, calls = os.rename, {"n": 0}
+
+        def failing_second_rename(src, dst):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise OSError(5, "simulated I/O error")
+            return real_rename(src, dst)
+
+        monkeypatch.setattr(storage_module.os, "rename", failing_second_rename)
+        with pytest.raises(OSError, match="simulated"):
+            mgr.save(3, st(30))
+        monkeypatch.undo()
+        np.testing.assert_array_equal(mgr.restore(3)["w"], st(3)["w"])
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == [".lock"]
+
+
+# ---------------------------------------------------------------- one-shot functions
+
+
+def test_one_shot_save_killed_between_renames_is_repaired(tmp_path):
+    save_checkpoint(tmp_path / "model", st(1))
+    os.rename(tmp_path / "model", tmp_path / ".old-model-0123456789ab")  # killed here
+    assert checkpoint_exists(tmp_path / "model")
+    np.testing.assert_array_equal(load_checkpoint(tmp_path / "model")["w"], st(1)["w"])
+
+
+def test_one_shot_save_refuses_to_replace_a_directory_that_is_not_a_checkpoint(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("precious")
+    with pytest.raises(CheckpointExistsError, match="is not a checkpoint"):
+        save_checkpoint(tmp_path / "mine", st(1))
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "precious"
+
+
+def test_one_shot_functions_take_single_segment_urls():
+    name = f"memory://edge-{uuid.uuid4().hex}"
+    save_checkpoint(name, st(5))
+    np.testing.assert_array_equal(load_checkpoint(name)["w"], st(5)["w"])
+    with pytest.raises(ValueError, match="inside a directory or bucket"):
+        save_checkpoint("s3://just-a-bucket", st(1))
+
+
+# ---------------------------------------------------------------- what the library owns
+
+
+def test_user_files_that_look_like_temporaries_are_never_swept(run_dir):
+    run_dir.mkdir()
+    for name in ("notes.partial", "step_1", "step_00000002.bak"):
+        (run_dir / name).write_text("mine")
+    with CheckpointManager(run_dir) as mgr:
+        mgr.save(1, st(1))
+        assert mgr.all_steps() == [1]
+    with CheckpointManager(run_dir, on_existing="overwrite"):
+        pass
+    assert all(
+        (run_dir / n).read_text() == "mine"
+        for n in ("notes.partial", "step_1", "step_00000002.bak")
+    )
+
+
+def test_overwrite_removes_quarantined_steps_too(run_dir):
+    with CheckpointManager(run_dir) as mgr:
+        mgr.save(1, st(1))
+    (run_dir / "step_00000001.corrupt-1700000000").mkdir()
+    with CheckpointManager(run_dir, on_existing="overwrite"):
+        pass
+    assert not (run_dir / "step_00000001.corrupt-1700000000").exists()
+
+
+def test_a_symlinked_step_is_not_a_step(run_dir, tmp_path):
+    outside = tmp_path / "outside"
+    save_checkpoint(outside, st(9))
+    with CheckpointManager(run_dir) as mgr:
+        mgr.save(1, st(1))
+    (run_dir / "step_00000099").symlink_to(outside)
+    with CheckpointManager(run_dir, read_only=True) as mgr:
+        assert mgr.all_steps() == [1]
+
+
+def test_a_dropped_manager_releases_its_lock(run_dir):
+    CheckpointManager(run_dir).save(1, st(1))  # never closed
+    gc.collect()
+    with CheckpointManager(run_dir, on_existing="resume") as mgr:
+        assert mgr.latest_step() == 1
+
+
+# ---------------------------------------------------------------- fitting to `like`
+
+
+def test_like_fitting_edge_cases(run_dir):
+    with CheckpointManager(run_dir, format="torch") as mgr:
+        mgr.save(1, {"step": 3, "w": torch.ones(2), "name": "abc"})
+        param = torch.nn.Parameter(torch.zeros(2))
+        back = mgr.restore(like={"step": torch.tensor(0), "w": param, "name": "", "slot": None})
+        assert torch.equal(back["step"], torch.tensor(3))  # a number into a 0-d tensor
+        assert isinstance(back["w"], torch.nn.Parameter) and back["w"].requires_grad
+        assert back["slot"] is None  # an empty slot the checkpoint does not have
+        with pytest.raises(StructureMismatchError, match="name: the checkpoint holds a str"):
+            mgr.restore(like={"step": 0, "w": torch.zeros(2), "name": 0})
+        kept = mgr.restore(like={"step": 0, "w": torch.zeros(2), "name": "", "fn": len})
+        assert kept["fn"] is len  # what the tree cannot store stays the caller's
+
+
+def test_numpy_scalars_and_big_endian_arrays_round_trip(run_dir):
+    state = {"f": np.float64(0.5), "be": np.arange(4, dtype=">f4")}
+    with CheckpointManager(run_dir, format="tree") as mgr:
+        mgr.save(1, state)
+        back = mgr.restore()
+    assert type(back["f"]) is np.float64 and back["f"] == 0.5
+    np.testing.assert_array_equal(back["be"], np.arange(4, dtype=np.float32))
+
+
+def test_hostile_safetensors_header_is_a_corrupt_checkpoint(run_dir):
+    import json
+    import struct
+
+    with CheckpointManager(run_dir) as mgr:
+        mgr.save(1, {"w": np.ones(2, dtype=np.float32)})
+        path = Path(mgr.path(1)) / "arrays.safetensors"
+        raw = path.read_bytes()
+        n = struct.unpack("<Q", raw[:8])[0]
+        header = json.loads(raw[8 : 8 + n])
+        header["w"]["shape"] = [-2]
+        text = json.dumps(header).encode().ljust(n)
+        path.write_bytes(raw[:8] + text + raw[8 + n :])
+        with pytest.raises(
+            CorruptCheckpointError, match=r"arrays\.safetensors: invalid safetensors header"
+        ):
+            mgr.restore()
+
+
+# ---------------------------------------------------------------- errors and input
+
+
+def test_background_error_is_never_swallowed(run_dir):
+    class Failing:
+        name = "failing-edge"
+
+        def accepts(self, s):
+            return False
+
+        def snapshot(self, s):
+            return s
+
+        def write(self, s, writer):
+            raise OSError(5, "disk on fire")
+
+        def read(self, reader, like=None):  # pragma: no cover
+            raise AssertionError
+
+    with pytest.raises(KeyError) as err:
+        with CheckpointManager(run_dir, async_save=True, format=Failing()) as mgr:
+            mgr.save(1, st(1))
+            raise KeyError("the user's own error")
+    assert any("disk on fire" in note for note in err.value.__notes__)
+
+    with CheckpointManager(run_dir / "b", async_save=True, format=Failing()) as mgr:
+        mgr.save(1, st(1))
+        with pytest.raises(CheckpointError):
+            mgr.restore()  # nothing committed; the background error is kept for wait()
+        with pytest.raises(CheckpointError, match="disk on fire"):
+            mgr.wait()
+
+
+def test_a_save_retention_would_delete_at_once_is_refused(run_dir):
+    with CheckpointManager(run_dir, max_to_keep=2) as mgr:
+        for s in (10, 20, 30):
+            mgr.save(s, st(s))
+        with pytest.raises(ValueError, match="retention would delete it"):
+            mgr.save(15, st(15))
+        assert mgr.all_steps() == [20, 30]
+    with CheckpointManager(run_dir, on_existing="resume", max_to_keep=None) as mgr:
+        assert mgr.save(15, st(15))  # kept under this policy: allowed
+
+
+def test_best_pointer_never_names_a_deleted_step(run_dir):
+    with CheckpointManager(run_dir, best_fn="loss", keep_best=1, max_to_keep=1) as mgr:
+        mgr.save(1, st(1), metrics={"loss": 0.1})
+        mgr.save(2, st(2), metrics={"loss": 0.5})
+    with CheckpointManager(run_dir, on_existing="resume", max_to_keep=1) as mgr:  # no best_fn
+        mgr.save(3, st(3))
+        assert 1 not in mgr.all_steps()
+    assert not (run_dir / "best").exists()
+
+
+def test_input_checks(run_dir):
+    with CheckpointManager(run_dir) as mgr:
+        assert mgr.save(np.int64(5), st(5))
+        assert mgr.all_steps() == [5]
+    with pytest.raises(TypeError, match="Format object"):
+        CheckpointManager(run_dir / "x", format=object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_to_keep"):
+        RetentionPolicy(max_to_keep=True)
