@@ -107,34 +107,24 @@ TARGETS = {
 # core changes.
 MISS_NOTES = {
     "sync_raw": (
-        "Why: the core checksums every byte (xxh3) between its `os.write` calls rather than "
-        "beside them, and a tree save issues 7 fsyncs (payload, `tree.json`, manifest, step "
-        "directory, parent after the rename, the `latest` pointer and its directory; torch: 6) "
-        "where the raw write issues one; on a shared disk each small fsync costs 1-30 ms, which "
-        "weighs most on small states. To close: hash in a second thread beside the writes "
-        "(xxhash releases the GIL; prototype, 256 MiB: 251 ms vs 344 ms serial, raw 279 ms); "
-        "write the `latest`/`best` pointers without fsync (they are derived from the "
-        "manifests); keep the tree structure in the safetensors header's `__metadata__` "
-        "instead of a separate `tree.json`."
+        "Why: besides the payload, a durable save fsyncs `tree.json`, the manifest, the step "
+        "directory and the run directory (5 fsyncs where the raw write issues one); hashing "
+        "already runs on a second core beside the writes and the pointers are not fsynced. "
+        "Misses of a few percent are within this VM disk's run-to-run variance: the identical "
+        "512 MiB tree write measured 0.3 s and 1.5 s in back-to-back runs. To close: keep the "
+        "tree structure in the safetensors header's `__metadata__` (one file and one fsync "
+        "fewer)."
     ),
     "sync_peer": (
-        "Why: the peer's whole cost is `torch.save` plus one fsync; ckpt-core adds its xxh3 "
-        "checksum and 5-6 more fsyncs, and the torch format still pays torch's own per-record "
-        "CRC-32 (about half of `torch.save`'s CPU time: 28 -> 15 ms CPU at 64 MiB without it). "
-        "To close: write the torch payload inside `torch.utils.serialization.config.patch("
-        "{'save.compute_crc32': False})` (the manifest's xxh3 already covers every byte and "
-        "`torch.load` reads such files), plus the fsync and hashing changes above."
+        "Why: the peer's whole cost is `torch.save` plus one fsync. The torch format already "
+        "skips torch's per-record CRC-32 (the manifest's xxh3 covers every byte) and hashes on "
+        "a second core, but pays 4 more fsyncs, which weigh most on small states (at 512 MiB "
+        "it is 1.6x the peer). To close: the fsync change above."
     ),
     "async_block": (
-        "Why: `save` returns after `Format.snapshot`, a freshly allocated copy of every array "
-        "(first-touch page faults make it several times slower than copying into memory that "
-        "is already mapped; torch's allocator does not ask for huge pages, see the restore "
-        "note), and after starting the writer thread, which competes for the cores while the "
-        "caller is still inside `save`. To close: keep the previous save's snapshot buffers "
-        "and copy into them (`np.copyto` / `Tensor.copy_`) when shapes and dtypes match: at "
-        "most one save is in flight, so they are free after `wait()` (prototype, 256 MiB: "
-        "42 ms into reused buffers vs 142 ms allocating); allocate them through numpy "
-        "(`torch.from_numpy(np.empty(...))`) so that they get huge pages."
+        "Why: `save` returns after `Format.snapshot`, which copies every numpy/torch leaf into "
+        "the previous save's buffers (only the first save of a run allocates them), and after "
+        "starting the writer thread. To close: a long-lived writer thread fed by a queue."
     ),
     "async_jax": (
         "Why: `TreeFormat.snapshot` keeps jax leaves by reference (they are immutable), so no "
@@ -146,16 +136,17 @@ MISS_NOTES = {
     ),
     "async_total": (
         "Why: total = the snapshot copy on the caller's thread, then the same durable write as "
-        "a sync save, one after the other; with an allocating copy at ~3 GB/s and a disk at "
-        "~1.3 GB/s that alone caps it near 0.7x raw, before the fsync overheads of a sync save. "
-        "To close: snapshot into reused buffers (memcpy speed) and start writing the first "
-        "leaves while later ones are still being copied."
+        "a sync save, one after the other. The background write is the sync code path (the "
+        "torch format reaches 0.89x at 512 MiB on the same state); the tree misses at 512 MiB "
+        "track this VM disk's write-back variance (the same write took 0.3-1.5 s in "
+        "back-to-back sync and threaded runs). To close: start writing the first leaves while "
+        "later ones are still being copied, so the copy hides behind the disk."
     ),
     "restore_torch": (
-        "Why: the torch format reads the file twice: `StepReader.verify` hashes all of it, then "
-        "`torch.load` reads it again into new tensors. To close: `torch.load(path, mmap=True)` "
-        "and verify by hashing the mapped pages (one pass; the lazy-restore row shows its "
-        "cost), then return the private copy-on-write mapping or copy out of it."
+        "Why: the torch format reads the file twice: the checksum pass (xxh3 over a populated "
+        "memory map, no copy) and then `torch.load` into new tensors. To close: "
+        "`torch.load(path, mmap=True)` and hash the mapped pages in the same pass (the "
+        "lazy-restore row shows its cost), then copy out of the mapping."
     ),
     "restore_tree": (
         "Why: each array is read (and hashed) into its own newly allocated array, and "
@@ -182,15 +173,13 @@ MISS_NOTES = {
     ),
     "bookkeeping": (
         "Why: every save recomputes retention, best ranking and pointers over all steps "
-        "(`RetentionPolicy.to_delete`, `best_step`: Python over a list of every "
-        "`CheckpointInfo`), linear in the number of steps. To close: keep steps sorted and "
-        "the best K in a heap, updated per commit."
+        "(sets and a top-k heap, linear in the number of steps). To close: keep steps sorted "
+        "and the best K in a heap, updated per commit."
     ),
     "import": (
-        "Why: `import ckpt_core` imports numpy (through `formats.base` and `_tree`), most of "
-        "the time here; see the 'after numpy' row for the core's own cost. To close: import "
-        "numpy lazily inside the formats (the manager, layout, retention and manifest need "
-        "none); most training scripts have imported numpy before anyway."
+        "Why: `import ckpt_core` should import no numpy and no framework (numpy is looked at "
+        "through `sys.modules` until a format needs it). To close: profile with "
+        "`python -X importtime -c 'import ckpt_core'`."
     ),
     "should_save": (
         "Why: `should_save` should be two comparisons and a clock read. To close: profile it."
