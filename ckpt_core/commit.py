@@ -8,7 +8,7 @@ from typing import Any
 from . import layout
 from .formats.base import Format
 from .manifest import Manifest, library_versions
-from .storage import Storage, translate_os_error
+from .storage import Storage, disk_full_error
 
 
 def write_step(
@@ -26,8 +26,9 @@ def write_step(
     On any failure everything this write produced is removed and the error is raised (a full
     disk as `DiskFullError`); the directory is as it was, earlier steps untouched.
     """
-    writer = storage.begin_step(name)
+    writer = None
     try:
+        writer = storage.begin_step(name)
         fmt.write(state, writer)
         files = writer.seal()
         if layout.MANIFEST in files:
@@ -46,8 +47,10 @@ def write_step(
         )
         writer.commit(manifest.to_json())
     except BaseException as e:
-        writer.abort()
-        if isinstance(e, OSError):
-            raise translate_os_error(e, storage.join(name)) from e
+        if writer is not None:
+            writer.abort()
+        full = disk_full_error(e, storage.join(name))
+        if full is not None:
+            raise full from e
         raise
     return manifest

@@ -9,6 +9,7 @@ The lease is advisory: two writers that start within one refresh interval can bo
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointLockedError
+from .errors import CheckpointError, CheckpointLockedError
 
 
 def _describe(holder: dict[str, Any] | None) -> str:
@@ -40,6 +41,39 @@ def _locked_error(
     )
 
 
+def _read_holder(fd: int) -> dict[str, Any] | None:
+    """The current holder's description.
+
+    The holder writes it right after taking the lock, so a writer that lost the race by
+    microseconds may first read nothing, or what a previous holder left. Unless the file
+    names a live process of this machine, wait up to half a second for it to change.
+    """
+    first = last = _parse_holder(fd)
+    for _ in range(50):
+        if last is not None and (last != first or _alive_here(last)):
+            return last
+        time.sleep(0.01)
+        last = _parse_holder(fd)
+    return last
+
+
+def _parse_holder(fd: int) -> dict[str, Any] | None:
+    with contextlib.suppress(ValueError, OSError):
+        holder = json.loads(os.pread(fd, 4096, 0) or b"null")
+        return holder if isinstance(holder, dict) else None
+    return None
+
+
+def _alive_here(holder: dict[str, Any]) -> bool:
+    """The holder is a live process of this machine, in this pid namespace."""
+    return _on_this_machine(holder) and not _died_here(holder)
+
+
+def _on_this_machine(holder: dict[str, Any]) -> bool:
+    mine = machine_identity()
+    return "boot_id" in mine and all(holder.get(k) == v for k, v in mine.items())
+
+
 def machine_identity() -> dict[str, str]:
     """What tells this machine (boot) and pid namespace apart from others sharing a hostname."""
     ident = {"host": socket.gethostname()}
@@ -52,8 +86,7 @@ def machine_identity() -> dict[str, str]:
 
 def _died_here(holder: dict[str, Any]) -> bool:
     """The lease's holder ran on this machine, in this pid namespace, and is gone."""
-    mine = machine_identity()
-    if "boot_id" not in mine or any(holder.get(k) != v for k, v in mine.items()):
+    if not _on_this_machine(holder):
         return False
     try:
         os.kill(int(holder["pid"]), 0)
@@ -70,18 +103,25 @@ class FileLock:
     lost = False  # a kernel lock cannot be taken away while its process lives
 
     def __init__(self, path: Path, owner: dict[str, Any]) -> None:
-        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            # Never through a symlink: the lock file is truncated and rewritten below.
+            self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            raise CheckpointError(
+                f"{path} is a symlink; the lock file must be a plain file of the checkpoint "
+                "directory. HINT: remove the link (the library recreates the file)."
+            ) from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = None
-            with contextlib.suppress(ValueError, OSError):
-                holder = json.loads(os.pread(self._fd, 4096, 0) or b"null")
+            holder = _read_holder(self._fd)
             os.close(self._fd)
             self._fd = None
             raise _locked_error(str(path.parent), holder) from None
         os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, json.dumps(owner).encode(), 0)
+        os.pwrite(self._fd, json.dumps({**owner, **machine_identity()}).encode(), 0)
 
     def release(self) -> None:
         if self._fd is not None:

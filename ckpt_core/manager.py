@@ -34,7 +34,7 @@ from .formats.base import Format, SnapshotBuffers, StepReader, get_format, resol
 from .info import CheckpointInfo
 from .manifest import Manifest, to_float_metrics
 from .retention import BestFn, RetentionPolicy
-from .storage import Storage, new_token, open_storage
+from .storage import Storage, disk_full_error, new_token, open_storage
 
 OnExisting = Literal["error", "resume", "overwrite"]
 StepSpec = int | Literal["latest", "best"] | None
@@ -395,12 +395,21 @@ class CheckpointManager:
         manifest = write_step(
             self._storage, name, fmt, state, step=step, metrics=metrics, metadata=metadata
         )
-        with self._mutex:
-            self._infos[step] = self._info_of(manifest)
-            for doomed in self._policy.to_delete(list(self._infos.values())):
-                self._storage.delete_step(layout.step_dirname(doomed))
-                del self._infos[doomed]
-            self._refresh_pointers()
+        try:
+            with self._mutex:
+                self._infos[step] = self._info_of(manifest)
+                for doomed in self._policy.to_delete(list(self._infos.values())):
+                    # Forgotten first: a failed delete leaves a complete step on disk, which
+                    # the next open finds again; never a listed step that is gone.
+                    del self._infos[doomed]
+                    self._storage.delete_step(layout.step_dirname(doomed))
+                self._refresh_pointers()
+        except OSError as e:  # step `step` is committed; the housekeeping after it failed
+            outcome = f"step {step} was committed, but pruning or updating the pointers failed"
+            full = disk_full_error(e, self._storage.root, outcome)
+            if full is None:
+                raise
+            raise full from e
 
     def _refresh_pointers(self) -> None:
         """Keep the `latest` and `best` pointer files current (for people and tools)."""

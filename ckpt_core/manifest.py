@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from . import _tree
 from .errors import CorruptCheckpointError
@@ -75,8 +75,8 @@ class Manifest:
 
         try:
             doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise bad(f"not valid JSON ({e})") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise bad(f"not valid JSON ({type(e).__name__}: {str(e)[:100]})") from None
         if not isinstance(doc, dict):
             raise bad(f"expected a JSON object, found {type(doc).__name__}")
         version = doc.get("ckpt_core_manifest")
@@ -91,13 +91,9 @@ class Manifest:
         fmt = doc.get("format")
         if not isinstance(fmt, str) or not fmt:
             raise bad(f"'format' must be a name, found {fmt!r}")
-        stamp = doc.get("time")
-        if (
-            not isinstance(stamp, int | float)
-            or isinstance(stamp, bool)
-            or not math.isfinite(stamp)
-        ):
-            raise bad(f"'time' must be a number, found {stamp!r}")
+        stamp = _finite(doc.get("time"))
+        if stamp is None:
+            raise bad(f"'time' must be a finite number, found {str(doc.get('time'))[:40]}")
         if doc.get("checksum", CHECKSUM) != CHECKSUM:
             raise bad(f"checksum algorithm {doc.get('checksum')!r}, expected {CHECKSUM!r}")
         payload_dir = doc.get("payload_dir", "")
@@ -121,10 +117,9 @@ class Manifest:
             files[name] = FileRecord(size, digest)
         metrics = doc.get("metrics") or {}
         if not isinstance(metrics, dict) or not all(
-            isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
-            for k, v in metrics.items()
+            isinstance(k, str) and _number(v) is not None for k, v in metrics.items()
         ):
-            raise bad("'metrics' must map names to numbers")
+            raise bad("'metrics' must map names to numbers that fit a float")
         versions = doc.get("versions") or {}
         if not isinstance(versions, dict):
             raise bad("'versions' must be an object")
@@ -132,12 +127,27 @@ class Manifest:
             step=step,
             format=fmt,
             files=files,
-            time=float(stamp),
-            metrics={k: float(v) for k, v in metrics.items()},
+            time=stamp,
+            metrics={k: cast(float, _number(v)) for k, v in metrics.items()},
             metadata=doc.get("metadata"),
             versions={str(k): str(v) for k, v in versions.items()},
             payload_dir=payload_dir,
         )
+
+
+def _number(x: Any) -> float | None:
+    """`x` as a float if it is a JSON number that fits one (NaN allowed), else None."""
+    if not isinstance(x, int | float) or isinstance(x, bool):
+        return None
+    try:
+        return float(x)
+    except OverflowError:  # an int of 400 digits
+        return None
+
+
+def _finite(x: Any) -> float | None:
+    value = _number(x)
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _is_int(x: Any) -> bool:

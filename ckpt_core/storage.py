@@ -203,15 +203,34 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def translate_os_error(e: OSError, where: str) -> OSError:
-    """ENOSPC/EDQUOT become DiskFullError with the fix; other errors pass through unchanged."""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(
-            e.errno,
-            f"the disk is full while writing a checkpoint to {where}: nothing was committed and "
-            "earlier steps are intact. HINT: free space, lower max_to_keep, or save elsewhere.",
-        )
-    return e
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_error(
+    error: BaseException,
+    where: str,
+    outcome: str = "nothing was committed and earlier steps are intact",
+) -> DiskFullError | None:
+    """A DiskFullError if `error` (or what caused it) says the disk is full, else None.
+
+    torch re-raises a failed write as RuntimeError and orbax as ValueError, so the whole
+    chain is searched, messages included.
+    """
+    seen: list[BaseException] = []
+    e: BaseException | None = error
+    while e is not None and e not in seen:
+        if isinstance(e, DiskFullError):
+            return e
+        code = e.errno if isinstance(e, OSError) else None
+        if code in _FULL or any(os.strerror(c) in str(e) for c in _FULL):
+            return DiskFullError(
+                code or errno.ENOSPC,
+                f"the disk is full while writing a checkpoint to {where}: {outcome}. HINT: free "
+                "space, lower max_to_keep, or save elsewhere.",
+            )
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    return None
 
 
 # ---------------------------------------------------------------- the interface

@@ -143,7 +143,7 @@ class StepReader:
         expected = self._record(name)
         try:
             raw = self.storage.open_read(self.rel(name))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise _missing(self.display(name)) from None
         return VerifyingReader(raw, self.display(name), expected)
 
@@ -152,7 +152,7 @@ class StepReader:
         expected = self._record(name)
         try:
             found = self.storage.hash_file(self.rel(name))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise _missing(self.display(name)) from None
         check_record(self.display(name), found, expected)
 
@@ -179,8 +179,8 @@ def _missing(display: str) -> CheckpointError:
     from ..errors import CorruptCheckpointError
 
     return CorruptCheckpointError(
-        f"{display} is listed in the manifest but missing: the step was damaged after it "
-        "was committed. HINT: restore an earlier step.",
+        f"{display} is listed in the manifest but missing (or not a file): the step was "
+        "damaged after it was committed. HINT: restore an earlier step.",
         path=display,
     )
 

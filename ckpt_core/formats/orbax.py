@@ -13,6 +13,7 @@ from typing import Any, cast
 import numpy as np
 
 from .. import _tree
+from ..errors import CheckpointError, CorruptCheckpointError, StructureMismatchError
 from ..storage import StepWriter
 from .base import StepReader, framework_missing, host_copy, register_format, value_for
 
@@ -54,7 +55,27 @@ class OrbaxFormat:
         ckptr.wait_until_finished()
 
     def read(self, reader: StepReader, like: Any = None) -> Any:
+        where = reader.display(PAYLOAD_DIR)
+        if not any(name.startswith(f"{PAYLOAD_DIR}/") for name in reader.manifest.files):
+            raise CorruptCheckpointError(
+                f"step {reader.manifest.step} says it is in the orbax format, but its manifest "
+                f"lists no file under {where}. HINT: restore an earlier step.",
+                path=where,
+            )
         reader.verify_all()
+        try:
+            return self._read_verified(reader, like)
+        except (StructureMismatchError, CheckpointError):
+            raise
+        except Exception as e:  # orbax's own errors on a payload that verified but lies
+            raise CorruptCheckpointError(
+                f"orbax could not read {where} ({type(e).__name__}: {str(e)[:300]}); every file "
+                "matches the manifest, so the step was written inconsistently. HINT: restore an "
+                "earlier step.",
+                path=where,
+            ) from e
+
+    def _read_verified(self, reader: StepReader, like: Any) -> Any:
         ckptr = self._ckptr()
         with reader.fetch_dir(PAYLOAD_DIR) as path:
             if like is None:

@@ -277,46 +277,79 @@ def _check_storable(node: Any) -> None:
 
 
 def read_structure(reader: StepReader) -> Any:
+    """`tree.json`, every node checked, array nodes given their paths.
+
+    The file's checksum matches its manifest, but the manifest may lie too: nothing here is
+    trusted until `_check_node` has seen it.
+    """
+    where = reader.display(STRUCTURE_FILE)
     raw = reader.read_bytes(STRUCTURE_FILE)
     try:
         doc = json.loads(raw)
-        if doc["tree_format"] != STRUCTURE_VERSION:
+        version = doc["tree_format"] if isinstance(doc, dict) else None
+        if version != STRUCTURE_VERSION:
             raise CheckpointError(
-                f"{reader.display(STRUCTURE_FILE)} is tree format version {doc['tree_format']}, "
-                f"this ckpt-core reads {STRUCTURE_VERSION}: upgrade ckpt-core."
+                f"{where} is tree format version {version!r}, this ckpt-core reads "
+                f"{STRUCTURE_VERSION}: upgrade ckpt-core (or the file is damaged)."
             )
         structure = doc["structure"]
-        _annotate_paths(structure, ())
+        _check_node(structure, ())
         return structure
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise CorruptCheckpointError(
-            f"{reader.display(STRUCTURE_FILE)} is not a valid tree structure ({e!r}).",
-            path=reader.display(STRUCTURE_FILE),
+            f"{where} is not a valid tree structure ({type(e).__name__}: {str(e)[:200]}). "
+            "HINT: restore an earlier step.",
+            path=where,
         ) from None
 
 
-def _annotate_paths(node: Any, path: tuple[Any, ...]) -> None:
-    """Give every array node its path string (the same string `like`'s leaves get)."""
+_SCALARS: dict[str, Any] = {"bool": bool, "int": int, "float": int | float, "str": str}
+_ARRAY_KINDS = ("numpy", "numpy_scalar", "torch", "jax", "jax_key")
+
+
+def _check_node(node: Any, path: tuple[Any, ...]) -> None:
+    """Raise TypeError for any node `_decode` could not decode; annotate array paths."""
+    where = _tree.path_str(path)
     if not isinstance(node, dict) or not isinstance(node.get("t"), str):
-        raise TypeError(f"bad node at {_tree.path_str(path)}")
+        raise TypeError(f"the node at {where} is not an object with a type")
     t = node["t"]
     if t == "array":
-        if not isinstance(node.get("name"), str):
-            raise TypeError(f"array without name at {_tree.path_str(path)}")
-        node["path"] = _tree.path_str(path)
+        if not isinstance(node.get("name"), str) or node.get("kind") not in _ARRAY_KINDS:
+            raise TypeError(f"the array at {where} has no name or an unknown kind")
+        if node["kind"] == "jax_key" and not (
+            isinstance(node.get("impl"), str)
+            and isinstance(node.get("dtype"), str)
+            and isinstance(node.get("key_shape"), list)
+        ):
+            raise TypeError(f"the PRNG key at {where} lacks its impl, dtype or shape")
+        node["path"] = where
     elif t in ("dict", "list", "tuple", "node"):
-        values = node["v"]
-        keys = node.get("k") or list(range(len(values)))
-        if not isinstance(values, list) or len(keys) != len(values):
-            raise TypeError(f"bad container at {_tree.path_str(path)}")
-        for k, v in zip(keys, values):
-            _annotate_paths(v, (*path, k))
+        values, keys = node.get("v"), node.get("k")
+        if not isinstance(values, list):
+            raise TypeError(f"the container at {where} has no list of values")
+        if t in ("dict", "node") or keys is not None:
+            if not isinstance(keys, list) or len(keys) != len(values):
+                raise TypeError(f"the container at {where} has keys that do not match its values")
+            if not all(isinstance(k, str | int) and not isinstance(k, bool) for k in keys):
+                raise TypeError(f"the container at {where} has keys that are not str or int")
+        for k, v in zip(keys if keys is not None else range(len(values)), values):
+            _check_node(v, (*path, k))
+    elif t == "bytes":
+        if not isinstance(node.get("v"), str):
+            raise TypeError(f"the bytes at {where} are not base64 text")
+        base64.b64decode(node["v"], validate=True)  # binascii.Error is a ValueError
+    elif t in _SCALARS:
+        value = node.get("v")
+        if not isinstance(value, _SCALARS[t]) or (t != "bool" and isinstance(value, bool)):
+            raise TypeError(f"the {t} at {where} holds {type(value).__name__}")
+    elif t != "none":
+        raise TypeError(f"unknown node type {t!r} at {where}")
 
 
 def _collect_arrays(node: Any, out: dict[str, Any]) -> None:
     if node["t"] == "array":
         out[node["name"]] = node
-    elif "v" in node and isinstance(node["v"], list):
+    elif node["t"] in ("dict", "list", "tuple", "node"):
         for v in node["v"]:
             _collect_arrays(v, out)
 
