@@ -38,8 +38,12 @@ class OrbaxFormat:
         self._checkpointer: Any = None
 
     def _ckptr(self) -> Any:
+        # orbax's synchronous checkpointer: the manager runs async saves itself, and orbax's
+        # own async workers, left behind by a failed save, can hold interpreter exit for
+        # minutes.
         if self._checkpointer is None:
-            self._checkpointer = _ocp().StandardCheckpointer()
+            ocp = _ocp()
+            self._checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
         return self._checkpointer
 
     def accepts(self, state: Any) -> bool:
@@ -50,9 +54,8 @@ class OrbaxFormat:
         return _tree.rebuild_like(state, lambda _, leaf: host_copy(leaf))
 
     def write(self, state: Any, writer: StepWriter) -> None:
-        ckptr = self._ckptr()
-        ckptr.save(writer.local_dir() / PAYLOAD_DIR, state)
-        ckptr.wait_until_finished()
+        ocp = _ocp()
+        self._ckptr().save(writer.local_dir() / PAYLOAD_DIR, args=ocp.args.StandardSave(state))
 
     def read(self, reader: StepReader, like: Any = None) -> Any:
         where = reader.display(PAYLOAD_DIR)
@@ -86,7 +89,7 @@ class OrbaxFormat:
             target = _tree.rebuild_like(
                 like, lambda p, leaf: _abstract(leaf, metadata.get(_tree.path_str(p)))
             )
-            restored = ckptr.restore(path, target)
+            restored = ckptr.restore(path, args=_ocp().args.StandardRestore(target))
         values = {_tree.path_str(p): v for p, v in _tree.iter_leaves_lenient(restored)}
         return _tree.rebuild_like(like, lambda p, leaf: value_for(values, p, leaf))
 
@@ -98,7 +101,7 @@ class OrbaxFormat:
         ocp = _ocp()
         fallback = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         args = ocp.args.StandardRestore(None, fallback_sharding=fallback)
-        return ocp.Checkpointer(ocp.StandardCheckpointHandler()).restore(path, args=args)
+        return self._ckptr().restore(path, args=args)
 
 
 def _abstract(leaf: Any, saved: Any) -> Any:
