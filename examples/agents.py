@@ -16,6 +16,11 @@ import gymnasium as gym
 import numpy as np
 
 
+def linear_schedule(start: float, end: float, duration: int, step: int) -> float:
+    """`start` moving linearly to `end` over `duration` steps, then `end`."""
+    return start + min(1.0, step / duration) * (end - start)
+
+
 class TabularQAgent:
     """Epsilon-greedy Q-learning on a table, for discrete observations and actions (FrozenLake).
 
@@ -60,8 +65,7 @@ class TabularQAgent:
 
     def epsilon(self) -> float:
         """The current exploration rate."""
-        frac = min(1.0, self.steps / self.epsilon_decay)
-        return self.epsilon_start + frac * (self.epsilon_end - self.epsilon_start)
+        return linear_schedule(self.epsilon_start, self.epsilon_end, self.epsilon_decay, self.steps)
 
     def act(self, obs: Any, rng: np.random.Generator) -> int:
         """Epsilon-greedy; ties between equally good actions are broken at random."""
@@ -211,8 +215,7 @@ class DQNAgent:
 
     def epsilon(self) -> float:
         """The current exploration rate."""
-        frac = min(1.0, self.steps / self.epsilon_decay)
-        return self.epsilon_start + frac * (self.epsilon_end - self.epsilon_start)
+        return linear_schedule(self.epsilon_start, self.epsilon_end, self.epsilon_decay, self.steps)
 
     def act(self, obs: Any, rng: np.random.Generator) -> int:
         """Epsilon-greedy on the online network."""
