@@ -85,9 +85,6 @@ class FsspecStorage(Storage):
     def exists(self, rel: str) -> bool:
         return bool(self.fs.exists(self._p(rel)))
 
-    def size(self, rel: str) -> int:
-        return int(self.fs.size(self._p(rel)))
-
     def remove(self, rel: str) -> None:
         path = self._p(rel)
         with contextlib.suppress(FileNotFoundError):

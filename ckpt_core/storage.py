@@ -294,9 +294,6 @@ class Storage(ABC):
     def exists(self, rel: str) -> bool: ...
 
     @abstractmethod
-    def size(self, rel: str) -> int: ...
-
-    @abstractmethod
     def remove(self, rel: str) -> None:
         """Remove a file or a whole tree; missing is fine."""
 
@@ -415,9 +412,6 @@ class LocalStorage(Storage):
 
     def exists(self, rel: str) -> bool:
         return (self.path / rel).exists()
-
-    def size(self, rel: str) -> int:
-        return (self.path / rel).stat().st_size
 
     def remove(self, rel: str) -> None:
         p = self.path / rel
