@@ -224,13 +224,18 @@ def bench_torch_peers(bench: Bench, state: Any, mb: int) -> None:
         samples = time_repeats(load, repeats=bench.repeats)
         bench.record(load_id, load_label, "torch", mb, samples, nbytes=nbytes)
         path.unlink()
+    record_plain_copy(bench, "torch", state, mb, "clone")
+
+
+def record_plain_copy(bench: Bench, kind: str, state: Any, mb: int, how: str) -> None:
+    """The reference of the async-blocking target: a fresh copy of every array."""
     bench.record(
         "plain_copy",
-        "plain copy of every tensor (clone)",
-        "torch",
+        f"plain copy of every array ({how})",
+        kind,
         mb,
         time_repeats(lambda: plain_copy(state), repeats=bench.repeats),
-        nbytes=nbytes,
+        nbytes=state_nbytes(state),
     )
 
 
@@ -263,14 +268,7 @@ def bench_numpy_peers(bench: Bench, state: Any, mb: int) -> None:
         nbytes=nbytes,
     )
     path.unlink()
-    bench.record(
-        "plain_copy",
-        "plain copy of every array (ndarray.copy)",
-        "numpy",
-        mb,
-        time_repeats(lambda: plain_copy(state), repeats=bench.repeats),
-        nbytes=nbytes,
-    )
+    record_plain_copy(bench, "numpy", state, mb, "ndarray.copy")
 
 
 def bench_jax_peers(bench: Bench, state: Any, mb: int) -> None:
