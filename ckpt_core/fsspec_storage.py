@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 
 from . import layout
 from .errors import CorruptCheckpointError
+from .lock import Lock
 from .manifest import FileRecord, Manifest
 from .storage import CHUNK, HashingWriter, StepWriter, Storage, new_token
 
@@ -51,7 +52,7 @@ class FsspecStorage(Storage):
         self._path = path.rstrip("/")
         self.root = url.rstrip("/")
 
-    def acquire_lock(self, owner: dict[str, Any]) -> Any:
+    def acquire_lock(self, owner: dict[str, Any]) -> Lock:
         from .lock import LeaseLock
 
         try:

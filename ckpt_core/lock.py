@@ -13,13 +13,26 @@ import errno
 import fcntl
 import json
 import os
+import queue
 import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import CheckpointError, CheckpointLockedError
+
+
+class Lock(Protocol):
+    """What a storage's `acquire_lock` returns."""
+
+    lost: bool  # another writer took the directory over: saving must stop
+
+    def release(self) -> None:
+        """Let go now; idempotent."""
+
+    def release_abandoned(self) -> None:
+        """Let go from a garbage-collector callback: no blocking I/O, no Python locks."""
 
 
 def _describe(holder: dict[str, Any] | None) -> str:
@@ -129,6 +142,9 @@ class FileLock:
             os.close(self._fd)
             self._fd = None
 
+    # Two system calls, no Python locks: safe from a garbage-collector callback.
+    release_abandoned = release
+
 
 class LeaseLock:
     """A lease object `{owner, pid, host, expires}` refreshed by a daemon thread."""
@@ -155,7 +171,9 @@ class LeaseLock:
         if current.get("token") != owner["token"]:
             raise _locked_error(display or url.rsplit("/", 1)[0], current)
         self.lost = False
-        self._stop = threading.Event()
+        # The refresh thread's mailbox: None stops it, "release" stops it and deletes
+        # the lease. SimpleQueue.put is reentrant, so a GC callback may post to it.
+        self._mailbox: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._refresh, name="ckpt-lease", daemon=True)
         self._thread.start()
 
@@ -165,17 +183,37 @@ class LeaseLock:
         )
 
     def _refresh(self) -> None:
-        while not self._stop.wait(self._ttl / 3):
-            with contextlib.suppress(Exception):  # a missed refresh is retried; expiry is far
-                holder = json.loads(self._fs.cat_file(self._url))
-                if holder.get("token") != self._owner["token"]:
-                    self.lost = True  # another writer took the lease: never take it back
-                    return
-                self._write()
+        while True:
+            try:
+                message = self._mailbox.get(timeout=self._ttl / 3)
+            except queue.Empty:
+                with contextlib.suppress(Exception):  # a missed refresh is retried; expiry is far
+                    holder = json.loads(self._fs.cat_file(self._url))
+                    if holder.get("token") != self._owner["token"]:
+                        self.lost = True  # another writer took the lease: never take it back
+                        return
+                    self._write()
+                continue
+            if message == "release":
+                self._delete()
+            return
 
-    def release(self) -> None:
-        self._stop.set()
+    def _delete(self) -> None:
         with contextlib.suppress(Exception):
             holder = json.loads(self._fs.cat_file(self._url))
             if holder.get("token") == self._owner["token"]:
                 self._fs.rm_file(self._url)
+
+    def release(self) -> None:
+        """Stop refreshing and delete the lease now, so the next writer need not wait."""
+        self._mailbox.put(None)
+        self._thread.join(timeout=self._ttl / 3)  # a refresh in flight must not rewrite it
+        self._delete()
+
+    def release_abandoned(self) -> None:
+        """Release from a garbage-collector callback, which may run in any thread at any point.
+
+        Network I/O there can deadlock (the collector may interrupt the very thread that
+        serves the request), so the lease's own thread deletes it instead.
+        """
+        self._mailbox.put("release")

@@ -32,6 +32,7 @@ from .errors import (
 )
 from .formats.base import Format, SnapshotBuffers, StepReader, get_format, resolve_format
 from .info import CheckpointInfo
+from .lock import Lock
 from .manifest import Manifest, to_float_metrics
 from .retention import BestFn, RetentionPolicy
 from .storage import Storage, disk_full_error, new_token, open_storage
@@ -149,7 +150,8 @@ class CheckpointManager:
         self._pending: threading.Thread | None = None
         self._error: BaseException | None = None
         self._closed = False
-        self._lock: Any = None
+        self._lock: Lock | None = None
+        self._on_drop: weakref.finalize[Any, Any] | None = None
         self._signal_received: int | None = None
         self._previous_handlers: dict[int, Any] = {}
         self._pointers: dict[str, str | None] = {}
@@ -165,8 +167,10 @@ class CheckpointManager:
                     "token": new_token(),
                 }
             )
-            # A manager dropped without close() must not hold the directory until exit.
-            weakref.finalize(self, self._lock.release)
+            # A manager dropped without close() must not hold the directory until exit. At
+            # exit, _finish_pending_saves closes live managers (commit first, then unlock).
+            self._on_drop = weakref.finalize(self, self._lock.release_abandoned)
+            self._on_drop.atexit = False
         try:
             if not read_only:
                 self._storage.sweep()
@@ -701,6 +705,8 @@ class CheckpointManager:
             with contextlib.suppress(ValueError, TypeError):
                 signal.signal(sig, handler)
         self._previous_handlers = {}
+        if self._on_drop is not None:
+            self._on_drop.detach()
         if self._lock is not None:
             self._lock.release()
             self._lock = None

@@ -34,6 +34,7 @@ import xxhash
 
 from . import layout
 from .errors import CorruptCheckpointError, DiskFullError
+from .lock import Lock
 from .manifest import FileRecord
 
 CHUNK = 8 << 20  # bytes per read/write call when copying streams
@@ -326,7 +327,7 @@ class Storage(ABC):
         """Remove a committed step so that it is invisible at once, then its files."""
 
     @abstractmethod
-    def acquire_lock(self, owner: dict[str, Any]) -> Any:
+    def acquire_lock(self, owner: dict[str, Any]) -> Lock:
         """Take the single-writer lock; raises CheckpointLockedError naming the holder."""
 
     def sweep(self) -> list[str]:
@@ -470,7 +471,7 @@ class LocalStorage(Storage):
         _fsync_dir(self.path)
         shutil.rmtree(doomed, ignore_errors=True)
 
-    def acquire_lock(self, owner: dict[str, Any]) -> Any:
+    def acquire_lock(self, owner: dict[str, Any]) -> Lock:
         from .lock import FileLock
 
         self.path.mkdir(parents=True, exist_ok=True)

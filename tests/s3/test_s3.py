@@ -6,6 +6,7 @@ a plain boto3 client, independent of s3fs and of the code under test.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -340,9 +342,9 @@ def test_sigkilled_upload_leaves_no_visible_step_and_the_next_writer_sweeps_it(
 
 
 def test_lease_of_a_writer_killed_on_this_host_is_taken_over(s3_server, s3_run):
-    # CORE BUG (ckpt_core/lock.py, LeaseLock.__init__): a SIGKILLed writer's lease blocks the
-    # restarted job with CheckpointLockedError for up to the 60 s TTL, although the holder is
-    # on this host and provably dead. SPEC: the error is for "another live process".
+    # The killed writer's lease has most of its TTL left, but its holder is on this host and
+    # provably dead: the restarted job must not wait for the expiry (SPEC: the lock error is
+    # for "another live process").
     code = (
         "import time\nfrom ckpt_core import CheckpointManager\n"
         f"m = CheckpointManager({s3_run.url!r})\nprint('ready', flush=True)\ntime.sleep(600)\n"
@@ -360,9 +362,9 @@ def test_lease_of_a_writer_killed_on_this_host_is_taken_over(s3_server, s3_run):
 
 
 def test_killed_replacement_leaves_no_orphaned_payload_after_the_next_open(s3_run):
-    # CORE BUG (ckpt_core/fsspec_storage.py, FsspecStorage.sweep): a replacement killed before
-    # its manifest PUT leaves `step_X/rev-<token>/` beside the committed payload; no later open
-    # removes it, so every such kill leaks one step's worth of storage forever.
+    # A replacement killed before its manifest PUT leaves `step_X/rev-<token>/` beside the
+    # committed payload; the next writer's open must remove it, or every such kill would leak
+    # one step's worth of storage.
     fill(s3_run, [1])
     with CheckpointManager(s3_run.url, on_existing="resume", storage_options=s3_run.options) as mgr:
         writer = mgr.storage.begin_step("step_00000001")
@@ -382,10 +384,8 @@ def test_killed_replacement_leaves_no_orphaned_payload_after_the_next_open(s3_ru
 
 
 def test_resume_moves_a_damaged_newest_step_aside_and_uses_the_newest_intact(s3_run):
-    # CORE BUG (ckpt_core/fsspec_storage.py, FsspecStorage.rename): `fs.mv(prefix, prefix2,
-    # recursive=True)` on s3fs copies every object, then fails with FileNotFoundError trying to
-    # CopyObject the prefix itself (no such key: S3 has no directories); the step is left in
-    # place beside its copy and the manager cannot open the directory at all.
+    # Moving a step aside is a per-object copy on S3 (there are no directories to rename):
+    # every object must move, and none may stay behind under the old name.
     fill(s3_run, [1, 2, 3])
     damage(s3_run, "step_00000003/arrays.safetensors", "flip")
     with pytest.warns(RuntimeWarning, match="damaged"):
@@ -441,6 +441,46 @@ def test_the_lease_is_refreshed_while_held(s3_run):
     finally:
         lease.release()
     assert ".lock" not in s3_run.object_keys()
+
+
+class _ThreadRecordingFS:
+    """Forwards to a filesystem, noting which thread made each call."""
+
+    def __init__(self, fs: Any) -> None:
+        self.fs, self.threads = fs, []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.fs, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.threads.append(threading.current_thread().name)
+            return method(*args, **kwargs)
+
+        return call
+
+
+def test_an_abandoned_lease_is_deleted_by_its_own_thread_not_the_collectors(s3_run):
+    # The garbage collector runs finalizers in whichever thread it interrupts, possibly one
+    # holding a lock the network request needs (the server's own thread, in one CI run).
+    fs, _ = fsspec.core.url_to_fs(s3_run.url, **s3_run.options)
+    recording = _ThreadRecordingFS(fs)
+    owner = {"pid": 1, "host": "a", "since": 0.0, "token": "aaa"}
+    lease = LeaseLock(recording, f"{BUCKET}/{s3_run.prefix}/.lock", owner)
+    recording.threads.clear()
+    lease.release_abandoned()
+    lease._thread.join(timeout=10)
+    assert ".lock" not in s3_run.object_keys()
+    assert recording.threads and set(recording.threads) == {"ckpt-lease"}
+
+
+def test_a_dropped_manager_frees_the_store_for_the_next_writer(s3_run):
+    CheckpointManager(s3_run.url, storage_options=s3_run.options).save(1, state(1))  # no close
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while ".lock" in s3_run.object_keys() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with CheckpointManager(s3_run.url, on_existing="resume", storage_options=s3_run.options) as mgr:
+        assert mgr.latest_step() == 1
 
 
 # ---------------------------------------------------------------- credentials and configuration
