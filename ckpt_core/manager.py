@@ -440,11 +440,13 @@ class CheckpointManager:
         return layout.parse_step(target) not in self._infos
 
     def wait(self) -> None:
-        """Block until the background save (if any) is committed; raise its error if it failed."""
+        """Block until the background save (if any) is committed and the files of pruned steps
+        are removed; raise the save's error if it failed."""
         thread = self._pending
         if thread is not None:
             thread.join()
             self._pending = None
+        self._storage.drain()
         if self._error is not None:
             error, self._error = self._error, None
             raise CheckpointError(f"a background save failed: {error}") from error

@@ -62,7 +62,10 @@ def save_checkpoint(
             "only an earlier checkpoint. HINT: choose another path, or remove it yourself."
         )
     fmt = resolve_format(format, state)
-    write_step(storage, name, fmt, state, step=0, metadata=metadata)
+    try:
+        write_step(storage, name, fmt, state, step=0, metadata=metadata)
+    finally:
+        storage.drain()  # a replaced checkpoint's files are gone when this returns
 
 
 def _manifest(storage: Storage, name: str) -> Manifest:
