@@ -13,7 +13,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -46,7 +46,7 @@ class FsspecStorage(Storage):
             raise ImportError(
                 f"{url!r} needs the fsspec backend for {protocol}://, which is not installed "
                 f"({e}). HINT: pip install 'ckpt-core[{extra}]'"
-                if extra == "s3"
+                if extra in ("s3", "gcs")
                 else f"{url!r} needs the fsspec backend for {protocol}:// ({e})."
             ) from None
         self._path = path.rstrip("/")
@@ -109,6 +109,9 @@ class FsspecStorage(Storage):
     def local_path(self, rel: str) -> Path | None:
         return None
 
+    def url(self, rel: str, schemes: Collection[str]) -> str | None:
+        return self.join(rel) if self.root.partition("://")[0] in schemes else None
+
     @contextlib.contextmanager
     def fetch_dir(self, rel: str) -> Iterator[Path]:
         tmp = Path(tempfile.mkdtemp(prefix="ckpt-fetch-"))
@@ -149,6 +152,16 @@ class FsspecStorage(Storage):
                 swept.append(f"{name}/{file}")
         return swept
 
+    def find(self, rel: str) -> list[str]:
+        """Every object below `rel`, as paths relative to the directory ([] if none)."""
+        path = self._p(rel)
+        self.fs.invalidate_cache(path)
+        try:
+            found = self.fs.find(path)
+        except FileNotFoundError:
+            return []
+        return sorted(p[len(self._path) + 1 :] for p in found)
+
     def _step_objects(self) -> dict[str, set[str]]:
         """Every object below a `step_*` prefix, by step directory, from one listing."""
         self.fs.invalidate_cache(self._path)
@@ -172,6 +185,7 @@ class _ObjectStepWriter(StepWriter):
         self._name = name
         self._old: Manifest | None = None
         self._staging: Path | None = None
+        self._direct: list[str] = []  # payload paths handed out by url(): a format writes there
         self._committed = False
         try:
             raw = storage.read_bytes(f"{name}/{layout.MANIFEST}")
@@ -202,6 +216,12 @@ class _ObjectStepWriter(StepWriter):
             self._staging = Path(tempfile.mkdtemp(prefix="ckpt-stage-"))
         return self._staging
 
+    def url(self, name: str, schemes: Collection[str]) -> str | None:
+        url = self._s.url(self._rel(name), schemes)
+        if url is not None:
+            self._direct.append(name)
+        return url
+
     def seal(self) -> dict[str, FileRecord]:
         if self._staging is not None:
             for dirpath, _, filenames in os.walk(self._staging):
@@ -213,6 +233,14 @@ class _ObjectStepWriter(StepWriter):
                             dst.write(chunk)
             shutil.rmtree(self._staging, ignore_errors=True)
             self._staging = None
+        for sub in self._direct:  # objects a format uploaded itself: listed, then read to hash
+            found = self._s.find(self._rel(sub))
+            root = len(self._rel(""))
+            for rel in found:
+                name = rel[root:].lstrip("/")
+                if name not in self.files:
+                    self.files[name] = self._s.hash_file(rel)
+        self._direct = []
         return dict(self.files)
 
     def commit(self, manifest: bytes) -> None:

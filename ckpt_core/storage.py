@@ -26,7 +26,7 @@ import shutil
 import sys
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -253,9 +253,16 @@ class StepWriter(ABC):
     def local_dir(self) -> Path:
         """A local directory a format may fill with files itself (orbax); taken in at commit."""
 
+    def url(self, name: str, schemes: Collection[str]) -> str | None:
+        """The URL of payload path `name` if the store's scheme is one of `schemes` (the stores
+        a format's own library reaches by itself, e.g. orbax and gs://); what the library
+        writes there is taken in at commit. None otherwise, and always on a local disk."""
+        return None
+
     @abstractmethod
     def seal(self) -> dict[str, FileRecord]:
-        """Take in the files written to `local_dir()` and return every payload file's record."""
+        """Take in the files a format wrote itself (to `local_dir()` or under `url()`) and
+        return every payload file's record."""
 
     @abstractmethod
     def commit(self, manifest: bytes) -> None:
@@ -319,6 +326,11 @@ class Storage(ABC):
     @abstractmethod
     def fetch_dir(self, rel: str) -> contextlib.AbstractContextManager[Path]:
         """A local directory with the contents of `rel` (downloaded on object stores)."""
+
+    def url(self, rel: str, schemes: Collection[str]) -> str | None:
+        """The URL of `rel` if this store's scheme is one of `schemes`; None otherwise, and
+        always on a local disk."""
+        return None
 
     @abstractmethod
     def begin_step(self, name: str) -> StepWriter:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
@@ -167,6 +167,11 @@ class StepReader:
     def fetch_dir(self, subdir: str) -> Iterator[Path]:
         with self.storage.fetch_dir(self.rel(subdir)) as path:
             yield path
+
+    def url(self, name: str, schemes: Collection[str]) -> str | None:
+        """The URL of `name` if the store's scheme is one of `schemes` (else None), for a
+        library that reads it itself; verify the files first (`verify_all`)."""
+        return self.storage.url(self.rel(name), schemes)
 
     def read_bytes(self, name: str) -> bytes:
         with self.open(name) as f:

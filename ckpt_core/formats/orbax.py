@@ -2,12 +2,18 @@
 
 `orbax.checkpoint.StandardCheckpointer().restore("<step dir>/orbax")` reads a payload with
 orbax alone. Restoring with `like` places every array in `like`'s sharding, so a state saved
-on 4 devices restores onto 2. On object stores the payload is written to a local staging
-directory and uploaded by the storage layer.
+on 4 devices restores onto 2.
+
+On `gs://` orbax reads and writes the payload itself, through its own GCS support
+(tensorstore for the arrays, etils/gcsfs for the rest), authenticating the way orbax does
+(Application Default Credentials), not with `storage_options`. On other object stores the
+payload is written to a local staging directory and uploaded by the storage layer, and
+downloaded to one for a restore.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, cast
 
 import numpy as np
@@ -18,6 +24,7 @@ from ..storage import StepWriter
 from .base import StepReader, framework_missing, host_copy, register_format, value_for
 
 PAYLOAD_DIR = "orbax"
+NATIVE_SCHEMES = ("gs", "gcs")  # object stores orbax writes to itself; others are staged
 
 
 def _ocp() -> Any:
@@ -55,7 +62,8 @@ class OrbaxFormat:
 
     def write(self, state: Any, writer: StepWriter) -> None:
         ocp = _ocp()
-        self._ckptr().save(writer.local_dir() / PAYLOAD_DIR, args=ocp.args.StandardSave(state))
+        target = _as_gs(writer.url(PAYLOAD_DIR, NATIVE_SCHEMES)) or writer.local_dir() / PAYLOAD_DIR
+        self._ckptr().save(target, args=ocp.args.StandardSave(state))
 
     def read(self, reader: StepReader, like: Any = None) -> Any:
         where = reader.display(PAYLOAD_DIR)
@@ -80,7 +88,8 @@ class OrbaxFormat:
 
     def _read_verified(self, reader: StepReader, like: Any) -> Any:
         ckptr = self._ckptr()
-        with reader.fetch_dir(PAYLOAD_DIR) as path:
+        native = _as_gs(reader.url(PAYLOAD_DIR, NATIVE_SCHEMES))
+        with contextlib.nullcontext(native) if native else reader.fetch_dir(PAYLOAD_DIR) as path:
             if like is None:
                 return self._restore_anywhere(path)
             metadata = _metadata_leaves(ckptr.metadata(path))
@@ -102,6 +111,11 @@ class OrbaxFormat:
         fallback = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         args = ocp.args.StandardRestore(None, fallback_sharding=fallback)
         return self._ckptr().restore(path, args=args)
+
+
+def _as_gs(url: str | None) -> str | None:
+    """A `gcs://` URL as orbax names it (`gs://`)."""
+    return None if url is None else f"gs://{url.partition('://')[2]}"
 
 
 def _abstract(leaf: Any, saved: Any) -> Any:
