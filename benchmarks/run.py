@@ -135,12 +135,11 @@ MISS_NOTES = {
         "queue, so that `save` only enqueues the snapshot."
     ),
     "async_total": (
-        "Why: total = the snapshot copy on the caller's thread, then the same durable write as "
-        "a sync save, one after the other. The background write is the sync code path (the "
-        "torch format reaches 0.89x at 512 MiB on the same state); the tree misses at 512 MiB "
-        "track this VM disk's write-back variance (the same write took 0.3-1.5 s in "
-        "back-to-back sync and threaded runs). To close: start writing the first leaves while "
-        "later ones are still being copied, so the copy hides behind the disk."
+        "Why: total = the snapshot copy on the caller's thread (the plain-copy row: 90-130 ms "
+        "at 512 MiB here), then the same durable write as a sync save (0.92-0.98x raw at "
+        "512 MiB), one after the other, so the copy is paid on top of the disk. To close: "
+        "start writing the first leaves while later ones are still being copied, so the copy "
+        "hides behind the disk."
     ),
     "restore_torch": (
         "Why: the torch format reads the file twice: the checksum pass (xxh3 over a populated "
