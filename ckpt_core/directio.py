@@ -2,10 +2,10 @@
 
 A buffered write of a large checkpoint first copies every byte into the page cache, which
 must find that much free memory (reclaiming other cache when there is none), and `fsync`
-then writes it all out. On these machines that makes the first 0.8 GB save after a pause
-take 1.4 to 2.1 s where the disk needs 0.25 s (see benchmarks/RESULTS.md). With `O_DIRECT`
-the disk reads the bytes straight from our buffers: no allocation, no second copy, and the
-save leaves the page cache to the training job.
+then writes it all out. On these machines a buffered write+fsync of 0.8 GB took from 0.38 s
+to 2.1 s between runs, where the disk alone takes 0.28 s (benchmarks/RESULTS.md, Lightning
+section). With `O_DIRECT` the disk reads the bytes straight from our buffers: no allocation
+of cache pages, and the save leaves the page cache to the training job.
 
 `DirectFile` copies what it is given into two aligned buffers and writes a full one on an I/O
 thread while the caller fills the other, so serialisation, the copy and the disk overlap.
@@ -16,6 +16,7 @@ network and FUSE filesystems) the same buffers are written through the page cach
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import errno
@@ -23,34 +24,25 @@ import fcntl
 import io
 import mmap
 import os
-import threading
 from typing import Any
 
 BUFFER_BYTES = 8 << 20  # one of the two buffers of an open file; a multiple of any block size
 _O_DIRECT = getattr(os, "O_DIRECT", 0)  # Linux; elsewhere every file is written buffered
 
 _IO = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-io")
-_POOL: list[mmap.mmap] = []  # idle buffers, reused across files (page-aligned: from mmap)
-_POOL_LOCK = threading.Lock()
-_POOL_MAX = 4
+# Idle buffers (page-aligned: from mmap), reused across files. A deque's append and pop are
+# atomic, so the pool needs no lock; beyond maxlen the oldest buffer is dropped and unmapped.
+_POOL: collections.deque[mmap.mmap] = collections.deque(maxlen=4)
 
 
 def _take_buffer() -> mmap.mmap:
-    with _POOL_LOCK:
-        while _POOL:
+    while True:
+        try:
             buffer = _POOL.pop()
-            if len(buffer) == BUFFER_BYTES:
-                return buffer
-            buffer.close()
-    return mmap.mmap(-1, BUFFER_BYTES)
-
-
-def _give_back(buffer: mmap.mmap) -> None:
-    with _POOL_LOCK:
-        if len(_POOL) < _POOL_MAX:
-            _POOL.append(buffer)
-            return
-    buffer.close()
+        except IndexError:
+            return mmap.mmap(-1, BUFFER_BYTES)
+        if len(buffer) == BUFFER_BYTES:
+            return buffer
 
 
 class DirectFile(io.RawIOBase):
@@ -61,13 +53,14 @@ class DirectFile(io.RawIOBase):
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.name = os.fspath(path)
-        self._fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         self._buffers: list[mmap.mmap] = []
         self._filling = 0  # index into _buffers
         self._used = 0  # bytes in the buffer being filled
         self._offset = 0  # file offset of the buffer being filled
         self._in_flight: concurrent.futures.Future[None] | None = None
         self._direct = False
+        self._fd = -1
+        self._fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
 
     def writable(self) -> bool:
         return True
@@ -140,11 +133,20 @@ class DirectFile(io.RawIOBase):
         finally:
             with contextlib.suppress(Exception):
                 self._wait()  # never return a buffer the I/O thread still reads
-            for buffer in self._buffers:
-                _give_back(buffer)
+            _POOL.extend(self._buffers)
             self._buffers = []
-            os.close(self._fd)
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
             super().close()
+
+    def __del__(self) -> None:
+        # Never closed (its writer failed): let go of the descriptor only. Writing, fsyncing or
+        # waiting from a garbage-collector callback could block whichever thread it runs in.
+        # (No write is in flight: a queued write holds a reference to this object.)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def _submit(fn: Any, *args: Any) -> concurrent.futures.Future[None]:

@@ -233,10 +233,9 @@ class _ObjectStepWriter(StepWriter):
                             dst.write(chunk)
             shutil.rmtree(self._staging, ignore_errors=True)
             self._staging = None
+        root = len(self._rel(""))
         for sub in self._direct:  # objects a format uploaded itself: listed, then read to hash
-            found = self._s.find(self._rel(sub))
-            root = len(self._rel(""))
-            for rel in found:
+            for rel in self._s.find(self._rel(sub)):
                 name = rel[root:].lstrip("/")
                 if name not in self.files:
                     self.files[name] = self._s.hash_file(rel)
