@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 
 from . import layout
 from .errors import CorruptCheckpointError
-from .lock import Lock
+from .lock import LeaseLock, Lock
 from .manifest import FileRecord, Manifest
 from .storage import CHUNK, HashingWriter, StepWriter, Storage, new_token
 
@@ -53,8 +53,6 @@ class FsspecStorage(Storage):
         self.root = url.rstrip("/")
 
     def acquire_lock(self, owner: dict[str, Any]) -> Lock:
-        from .lock import LeaseLock
-
         try:
             return LeaseLock(self.fs, self._p(layout.LOCK_FILE), owner, display=self.root)
         except FileNotFoundError as e:  # the bucket (or container) itself is missing

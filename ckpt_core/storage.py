@@ -35,7 +35,7 @@ import xxhash
 from . import layout
 from .directio import DirectFile
 from .errors import CorruptCheckpointError, DiskFullError
-from .lock import Lock
+from .lock import FileLock, Lock
 from .manifest import FileRecord
 
 CHUNK = 8 << 20  # bytes per read/write call when copying streams
@@ -507,8 +507,6 @@ class LocalStorage(Storage):
         concurrent.futures.wait(reaping)
 
     def acquire_lock(self, owner: dict[str, Any]) -> Lock:
-        from .lock import FileLock
-
         self.path.mkdir(parents=True, exist_ok=True)
         return FileLock(self.path / layout.LOCK_FILE, owner)
 
