@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import gc
 import json
 import os
 import queue
@@ -47,6 +48,13 @@ def _describe(holder: dict[str, Any] | None) -> str:
 def _locked_error(
     where: str, holder: dict[str, Any] | None, extra: str = ""
 ) -> CheckpointLockedError:
+    if holder and _is_this_process(holder):
+        return CheckpointLockedError(
+            f"{where} is already open for writing by another CheckpointManager of this same "
+            f"process (pid {os.getpid()}), which is still in use. HINT: call close() on the earlier "
+            "manager first (or open managers in a `with` block), or open this one with "
+            "read_only=True to inspect and restore."
+        )
     return CheckpointLockedError(
         f"{where} is being written by {_describe(holder)}. Only one writer may use a checkpoint "
         f"directory at a time.{extra} HINT: stop the other run, write to another directory, or "
@@ -75,6 +83,19 @@ def _parse_holder(fd: int) -> dict[str, Any] | None:
         holder = json.loads(os.pread(fd, 4096, 0) or b"null")
         return holder if isinstance(holder, dict) else None
     return None
+
+
+def _is_this_process(holder: dict[str, Any]) -> bool:
+    return holder.get("pid") == os.getpid() and _on_this_machine(holder)
+
+
+def _collect_abandoned_here(holder: dict[str, Any] | None) -> bool:
+    """Whether the holder is this process: then collect garbage, so that a manager of this
+    process that is no longer reachable (a notebook cell run twice) releases the lock."""
+    if not holder or not _is_this_process(holder):
+        return False
+    gc.collect()
+    return True
 
 
 def _alive_here(holder: dict[str, Any]) -> bool:
@@ -127,14 +148,23 @@ class FileLock:
                 "directory. HINT: remove the link (the library recreates the file)."
             ) from None
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._take()
         except BlockingIOError:
             holder = _read_holder(self._fd)
-            os.close(self._fd)
-            self._fd = None
-            raise _locked_error(str(path.parent), holder) from None
+            try:
+                if not _collect_abandoned_here(holder):
+                    raise
+                self._take()  # the earlier manager of this process was garbage: now released
+            except BlockingIOError:
+                os.close(self._fd)
+                self._fd = None
+                raise _locked_error(str(path.parent), holder) from None
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, json.dumps({**owner, **machine_identity()}).encode(), 0)
+
+    def _take(self) -> None:
+        assert self._fd is not None
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
     def release(self) -> None:
         if self._fd is not None:
@@ -144,6 +174,12 @@ class FileLock:
 
     # Two system calls, no Python locks: safe from a garbage-collector callback.
     release_abandoned = release
+
+
+# The leases this process holds (by token), and the refresh threads still running. A lease of
+# this process that is no longer held was dropped with its manager: its thread deletes it.
+_HELD_HERE: set[str] = set()
+_REFRESHERS: dict[str, threading.Thread] = {}
 
 
 class LeaseLock:
@@ -159,7 +195,7 @@ class LeaseLock:
         with contextlib.suppress(FileNotFoundError, ValueError):
             holder = json.loads(fs.cat_file(url))
             live = float(holder.get("expires", 0)) > now and not _died_here(holder)
-            if holder.get("token") != owner["token"] and live:
+            if holder.get("token") != owner["token"] and live and not _dropped_here(holder):
                 raise _locked_error(
                     display or url.rsplit("/", 1)[0],
                     holder,
@@ -175,6 +211,8 @@ class LeaseLock:
         # the lease. SimpleQueue.put is reentrant, so a GC callback may post to it.
         self._mailbox: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._refresh, name="ckpt-lease", daemon=True)
+        _HELD_HERE.add(owner["token"])
+        _REFRESHERS[owner["token"]] = self._thread
         self._thread.start()
 
     def _write(self) -> None:
@@ -183,6 +221,12 @@ class LeaseLock:
         )
 
     def _refresh(self) -> None:
+        try:
+            self._refresh_until_told()
+        finally:
+            _REFRESHERS.pop(self._owner["token"], None)
+
+    def _refresh_until_told(self) -> None:
         while True:
             try:
                 message = self._mailbox.get(timeout=self._ttl / 3)
@@ -206,6 +250,7 @@ class LeaseLock:
 
     def release(self) -> None:
         """Stop refreshing and delete the lease now, so the next writer need not wait."""
+        _HELD_HERE.discard(self._owner["token"])
         self._mailbox.put(None)
         self._thread.join(timeout=self._ttl / 3)  # a refresh in flight must not rewrite it
         self._delete()
@@ -216,4 +261,20 @@ class LeaseLock:
         Network I/O there can deadlock (the collector may interrupt the very thread that
         serves the request), so the lease's own thread deletes it instead.
         """
+        _HELD_HERE.discard(self._owner["token"])
         self._mailbox.put("release")
+
+
+def _dropped_here(holder: dict[str, Any]) -> bool:
+    """The lease belongs to a manager of this process that was dropped without `close()`.
+
+    Garbage is collected first, so a manager that is unreachable but in a reference cycle
+    lets go too; then its refresh thread is given the time to delete the lease.
+    """
+    token = holder.get("token")
+    if not _collect_abandoned_here(holder) or token in _HELD_HERE:
+        return False
+    thread = _REFRESHERS.get(str(token))
+    if thread is not None:
+        thread.join(timeout=10.0)
+    return True

@@ -78,7 +78,7 @@ def test_object_store_replacement_keeps_the_old_step_until_the_new_manifest():
 def test_lease_lock_on_object_store():
     url = f"memory://ckpt-tests/{uuid.uuid4().hex}"
     with CheckpointManager(url):
-        with pytest.raises(CheckpointLockedError, match="is being written by pid"):
+        with pytest.raises(CheckpointLockedError, match="this same process"):
             CheckpointManager(url)
     with CheckpointManager(url):  # released at close
         pass
