@@ -34,7 +34,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
-from ckpt_core import CheckpointManager, UnrankedStepWarning
+from ckpt_core import CheckpointError, CheckpointManager, UnrankedStepWarning
 from ckpt_core.manager import on_existing_from_flags
 
 __all__ = ["CkptCallback"]
@@ -79,6 +79,18 @@ def _lightning_checkpoint(
 
     connector._loaded_checkpoint = _pl_migrate_checkpoint(restore)
     return connector._loaded_checkpoint
+
+
+def _check_is_lightning_checkpoint(checkpoint: Any, where: Any) -> None:
+    """Refuse to resume from a step some other code saved into the directory."""
+    if not isinstance(checkpoint, Mapping) or "pytorch-lightning_version" not in checkpoint:
+        found = sorted(map(str, checkpoint))[:5] if isinstance(checkpoint, Mapping) else None
+        raise CheckpointError(
+            f"CkptCallback cannot resume from {where}: it is not a Lightning checkpoint (found "
+            f"{'the keys ' + str(found) if found is not None else type(checkpoint).__name__}, "
+            "no 'pytorch-lightning_version'). HINT: give CkptCallback a dirpath of its own, or "
+            "pass overwrite=True to delete these checkpoints and start over."
+        )
 
 
 def _capture_rng_states() -> dict[str, Any]:
@@ -385,6 +397,7 @@ class CkptCallback(ModelCheckpoint):
             }
             checkpoint = None if lightning_restores else manager.restore(resume_step)
         if checkpoint is not None:
+            _check_is_lightning_checkpoint(checkpoint, manager.path(resume_step))
             _lightning_checkpoint(trainer, restore=checkpoint)
         self.resumed_step = resume_step
         rank_zero_info(f"CkptCallback: resuming from step {resume_step} in {self.dirpath}")

@@ -22,7 +22,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from ckpt_core import CheckpointExistsError, CheckpointManager
+from ckpt_core import CheckpointError, CheckpointExistsError, CheckpointManager
 from integrations.lightning import CkptCallback
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -507,6 +507,17 @@ def test_existing_checkpoints_need_resume_or_overwrite(tmp_path):
     with CheckpointManager(tmp_path, read_only=True) as manager:
         assert manager.all_steps() == [4, 8]
         assert manager.metadata(8)["trigger"] == "every_n_train_steps"
+
+
+def test_resuming_a_directory_of_other_checkpoints_is_a_clear_error(tmp_path):
+    directory = tmp_path / "run"
+    with CheckpointManager(directory) as mgr:  # a plain numpy run saved there before
+        mgr.save(3, {"weights": np.zeros(4)})
+    with pytest.raises(CheckpointError, match="not a Lightning checkpoint") as err:
+        fit(directory, "plain", resume=True, every_n_epochs=1)
+    assert "'weights'" in str(err.value) and "dirpath of its own" in str(err.value)
+    with CheckpointManager(directory, read_only=True) as ro:
+        assert ro.all_steps() == [3]  # nothing of the run was touched
 
 
 def test_missing_monitored_key_is_a_clear_error(tmp_path):
