@@ -369,7 +369,7 @@ def default_sharding() -> Any:
     """The sharding of an array put on JAX's default device (`jax_default_device` or the first)."""
     import jax
 
-    device = jax.config.jax_default_device
+    device = cast(Any, jax.config).jax_default_device
     if isinstance(device, str):  # a platform name
         device = jax.devices(device)[0]
     return jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
