@@ -322,7 +322,7 @@ def convert_to_like(value: Any, like: Any) -> Any:
         if _tree.is_jax_key(data):
             data = jax.random.key_data(data)
         keys = jax.random.wrap_key_data(cast(Any, np.asarray(data)), impl=_key_impl(like))
-        return jax.device_put(keys, _jax_placement(like))
+        return jax.device_put(keys, jax_placement(like))
     if _tree.is_jax_array(like) or _tree.is_jax_struct(like):
         import jax
 
@@ -330,7 +330,7 @@ def convert_to_like(value: Any, like: Any) -> Any:
             value = value.numpy()
         if isinstance(value, bool | int | float):
             value = np.asarray(value, dtype=like.dtype)
-        return jax.device_put(value, _jax_placement(like))
+        return jax.device_put(value, jax_placement(like))
     if _tree.is_torch_tensor(like):
         import torch
 
@@ -359,9 +359,9 @@ def convert_to_like(value: Any, like: Any) -> Any:
     return value
 
 
-def _jax_placement(like: Any) -> Any:
-    """Where a restored jax leaf goes: `like`'s sharding, or the default device for a struct
-    without one (`jax.eval_shape` output)."""
+def jax_placement(like: Any) -> Any:
+    """Where a jax leaf restored for `like` (an array or a struct) goes: `like`'s sharding, or
+    the default device for a struct without one (`jax.eval_shape` output)."""
     return like.sharding if like.sharding is not None else default_sharding()
 
 

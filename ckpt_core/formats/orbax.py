@@ -23,9 +23,9 @@ from ..errors import CheckpointError, CorruptCheckpointError, StructureMismatchE
 from ..storage import StepWriter
 from .base import (
     StepReader,
-    default_sharding,
     framework_missing,
     host_copy,
+    jax_placement,
     register_format,
     value_for,
 )
@@ -138,8 +138,7 @@ def _abstract(leaf: Any, saved: Any) -> Any:
     if _tree.is_jax_array(leaf) or _tree.is_jax_struct(leaf):
         import jax
 
-        sharding = leaf.sharding if leaf.sharding is not None else default_sharding()
-        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=jax_placement(leaf))
     if isinstance(leaf, bool | int | float) and saved is not None:
         if _is_scalar_metadata(saved):
             return np.dtype(saved.dtype).type(0).item()
