@@ -3,6 +3,9 @@
 Builtin containers (dict, list, tuple, namedtuple) are walked here; any other registered
 JAX pytree node (a Flax `TrainState`, an `nnx.State`, ...) is walked through
 `jax.tree_util`, and only if JAX is already imported: the core never imports a framework.
+
+Abstract leaves (a `jax.ShapeDtypeStruct`, a torch tensor on the `meta` device) have a
+shape and dtype but no values: they are leaves of a `like` template, never of a saved state.
 """
 
 from __future__ import annotations
@@ -41,9 +44,26 @@ def is_jax_array(x: Any) -> bool:
     return jax is not None and isinstance(x, jax.Array)
 
 
+def is_jax_struct(x: Any) -> bool:
+    """A `jax.ShapeDtypeStruct` (e.g. from `jax.eval_shape`): an abstract jax array."""
+    jax = sys.modules.get("jax")
+    return jax is not None and isinstance(x, jax.ShapeDtypeStruct)
+
+
+def is_torch_meta(x: Any) -> bool:
+    """A torch tensor on the `meta` device: a shape and dtype without storage."""
+    return is_torch_tensor(x) and bool(x.is_meta)
+
+
+def is_abstract(x: Any) -> bool:
+    """A leaf with a shape and dtype but no values, which `like` may hold to be filled."""
+    return is_jax_struct(x) or is_torch_meta(x)
+
+
 def is_jax_key(x: Any) -> bool:
-    """A typed PRNG key array (`jax.random.key`), which has no plain dtype to store."""
-    if not is_jax_array(x):
+    """A typed PRNG key array (`jax.random.key`) or its abstract struct; keys have no plain
+    dtype to store."""
+    if not (is_jax_array(x) or is_jax_struct(x)):
         return False
     import jax
 
@@ -55,7 +75,7 @@ def is_array(x: Any) -> bool:
 
 
 def is_leaf(x: Any) -> bool:
-    return isinstance(x, SCALAR_TYPES) or is_array(x)
+    return isinstance(x, SCALAR_TYPES) or is_array(x) or is_jax_struct(x)
 
 
 def _is_namedtuple(x: Any) -> bool:
@@ -104,6 +124,8 @@ def iter_leaves(tree: Any, path: Path = (), *, strict: bool = True) -> Iterator[
     """
     kids = children(tree)
     if kids is None:
+        if strict and is_abstract(tree):
+            raise TypeError(_abstract_message(tree, path))
         if strict and not is_leaf(tree):
             raise TypeError(
                 f"cannot store the object at {path_str(path)!r} of type {type(tree).__qualname__}: "
@@ -115,6 +137,26 @@ def iter_leaves(tree: Any, path: Path = (), *, strict: bool = True) -> Iterator[
         return
     for key, child in kids:
         yield from iter_leaves(child, (*path, key), strict=strict)
+
+
+def _abstract_message(leaf: Any, path: Path) -> str:
+    kind = "a jax.ShapeDtypeStruct" if is_jax_struct(leaf) else "a torch tensor on the meta device"
+    return (
+        f"cannot save the leaf at {path_str(path)!r}: it is {kind} (a shape and dtype without "
+        "values), as built by jax.eval_shape or under torch.device('meta'). Such templates are "
+        "for restore(like=...). HINT: save the initialised state, with real arrays."
+    )
+
+
+def check_concrete(tree: Any) -> None:
+    """Refuse a state to save that holds abstract leaves, naming the first one.
+
+    Raises:
+        TypeError: a leaf is a `jax.ShapeDtypeStruct` or a torch `meta` tensor.
+    """
+    for path, leaf in iter_leaves_lenient(tree):
+        if is_abstract(leaf):
+            raise TypeError(_abstract_message(leaf, path))
 
 
 def iter_leaves_lenient(tree: Any) -> Iterator[tuple[Path, Any]]:
@@ -155,7 +197,7 @@ def describe_leaf(x: Any) -> tuple[str, tuple[int, ...]] | None:
         return str(x.dtype), tuple(x.shape)
     if is_torch_tensor(x):
         return str(x.dtype).removeprefix("torch."), tuple(x.shape)
-    if is_jax_array(x):  # typed keys print as key<fry>, key<rbg>, ...
+    if is_jax_array(x) or is_jax_struct(x):  # typed keys print as key<fry>, key<rbg>, ...
         return str(x.dtype), tuple(x.shape)
     return None
 

@@ -95,7 +95,13 @@ def auto_format(state: Any) -> Format:
 
 
 def resolve_format(fmt: str | Format, state: Any) -> Format:
-    """The format object for a `format=` argument: "auto" picks from `state`."""
+    """The format object for a `format=` argument: "auto" picks from `state`.
+
+    Raises:
+        TypeError: `state` holds abstract leaves (`jax.eval_shape` output, torch `meta`
+            tensors), which no format can save.
+    """
+    _tree.check_concrete(state)
     if fmt == "auto":
         return auto_format(state)
     return get_format(fmt) if isinstance(fmt, str) else fmt
@@ -302,7 +308,11 @@ def jax_pinned(x: Any) -> Any:
 
 
 def convert_to_like(value: Any, like: Any) -> Any:
-    """A restored leaf (numpy array, torch tensor or scalar) in the type and placement of `like`."""
+    """A restored leaf (numpy array, torch tensor or scalar) in the type and placement of `like`.
+
+    An abstract `like` leaf is filled: a `jax.ShapeDtypeStruct` becomes a jax array placed by
+    its sharding (the default device without one), a torch `meta` tensor a CPU tensor.
+    """
     import numpy as np
 
     if _tree.is_jax_key(like):
@@ -311,16 +321,16 @@ def convert_to_like(value: Any, like: Any) -> Any:
         data = value if not _tree.is_torch_tensor(value) else value.numpy()
         if _tree.is_jax_key(data):
             data = jax.random.key_data(data)
-        keys = jax.random.wrap_key_data(cast(Any, np.asarray(data)), impl=jax.random.key_impl(like))
-        return jax.device_put(keys, like.sharding)
-    if _tree.is_jax_array(like):
+        keys = jax.random.wrap_key_data(cast(Any, np.asarray(data)), impl=_key_impl(like))
+        return jax.device_put(keys, jax_placement(like))
+    if _tree.is_jax_array(like) or _tree.is_jax_struct(like):
         import jax
 
         if _tree.is_torch_tensor(value):
             value = value.numpy()
         if isinstance(value, bool | int | float):
             value = np.asarray(value, dtype=like.dtype)
-        return jax.device_put(value, like.sharding)
+        return jax.device_put(value, jax_placement(like))
     if _tree.is_torch_tensor(like):
         import torch
 
@@ -332,8 +342,9 @@ def convert_to_like(value: Any, like: Any) -> Any:
             t = torch.from_numpy(_as_torchable(np.asarray(value)))
         if t.dtype != like.dtype:
             t = t.view(like.dtype) if t.element_size() == like.element_size() else t.to(like.dtype)
-        if t.device != like.device:
-            t = t.to(like.device)
+        device = torch.device("cpu") if like.is_meta else like.device
+        if t.device != device:
+            t = t.to(device)
         if isinstance(like, torch.nn.Parameter):
             return torch.nn.Parameter(t, requires_grad=like.requires_grad)
         return t
@@ -346,6 +357,34 @@ def convert_to_like(value: Any, like: Any) -> Any:
     if isinstance(like, bool | int | float) and not isinstance(value, str | bytes | type(None)):
         return type(like)(value.item() if hasattr(value, "item") else value)
     return value
+
+
+def jax_placement(like: Any) -> Any:
+    """Where a jax leaf restored for `like` (an array or a struct) goes: `like`'s sharding, or
+    the default device for a struct without one (`jax.eval_shape` output)."""
+    return like.sharding if like.sharding is not None else default_sharding()
+
+
+def default_sharding() -> Any:
+    """The sharding of an array put on JAX's default device (`jax_default_device` or the first)."""
+    import jax
+
+    device = cast(Any, jax.config).jax_default_device
+    if isinstance(device, str):  # a platform name
+        device = jax.devices(device)[0]
+    return jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
+
+
+def _key_impl(like: Any) -> Any:
+    """The PRNG implementation of a typed key array or key struct."""
+    import jax
+
+    if _tree.is_jax_array(like):
+        return jax.random.key_impl(like)
+    # A struct has no public impl: read it from a key of its type while tracing (no allocation).
+    found: list[Any] = []
+    jax.eval_shape(lambda key: found.append(jax.random.key_impl(key)), like)
+    return found[0]
 
 
 def _as_torchable(arr: np.ndarray) -> np.ndarray:

@@ -21,7 +21,14 @@ import numpy as np
 from .. import _tree
 from ..errors import CheckpointError, CorruptCheckpointError, StructureMismatchError
 from ..storage import StepWriter
-from .base import StepReader, framework_missing, host_copy, register_format, value_for
+from .base import (
+    StepReader,
+    framework_missing,
+    host_copy,
+    jax_placement,
+    register_format,
+    value_for,
+)
 
 PAYLOAD_DIR = "orbax"
 NATIVE_SCHEMES = ("gs", "gcs")  # object stores orbax writes to itself; others are staged
@@ -119,18 +126,19 @@ def _as_gs(url: str | None) -> str | None:
 
 
 def _abstract(leaf: Any, saved: Any) -> Any:
-    """What orbax restores into: a ShapeDtypeStruct carrying `leaf`'s sharding for jax arrays.
+    """What orbax restores into: a ShapeDtypeStruct carrying `leaf`'s sharding for jax arrays
+    and structs (the default device for a struct without one).
 
     A Python number in `like` saved as a 0-d array (or the reverse) is restored as what was
     saved and converted afterwards.
     """
-    if _is_scalar_metadata(saved) and _tree.is_array(leaf):
+    if _is_scalar_metadata(saved) and (_tree.is_array(leaf) or _tree.is_jax_struct(leaf)):
         # orbax casts a scalar to the target's Python type: give it the saved one.
         return np.dtype(saved.dtype).type(0).item()
-    if _tree.is_jax_array(leaf):
+    if _tree.is_jax_array(leaf) or _tree.is_jax_struct(leaf):
         import jax
 
-        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
+        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=jax_placement(leaf))
     if isinstance(leaf, bool | int | float) and saved is not None:
         if _is_scalar_metadata(saved):
             return np.dtype(saved.dtype).type(0).item()

@@ -243,7 +243,9 @@ class TreeFormat:
                 _tree.check_structure(
                     like, describe(structure, header), f"step {reader.manifest.step}"
                 )
-                like_leaves = {_tree.path_str(p): leaf for p, leaf in _tree.iter_leaves(like)}
+                like_leaves = {
+                    _tree.path_str(p): leaf for p, leaf in _tree.iter_leaves_lenient(like)
+                }
             order = sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0])
             for name, info in order:
                 node = saved_arrays[name]
@@ -461,7 +463,7 @@ def _kind_of(like_leaf: Any) -> str | None:
         return None
     if _tree.is_torch_tensor(like_leaf):
         return "torch"
-    if _tree.is_jax_array(like_leaf):
+    if _tree.is_jax_array(like_leaf) or _tree.is_jax_struct(like_leaf):
         return "jax"
     return "numpy"
 
