@@ -125,6 +125,30 @@ def flax_stand_ins() -> dict[str, Any]:
     }
 
 
+def jax_init_stand_ins() -> dict[str, Any]:
+    import jax.numpy as jnp
+
+    def init() -> dict[str, Any]:
+        return {"w": jnp.zeros(8), "step": jnp.asarray(0)}
+
+    def train_step(state: dict[str, Any]) -> dict[str, Any]:
+        return {"w": state["w"] + 1.0, "step": state["step"] + 1}
+
+    return {"init": init, "train_step": train_step}
+
+
+def torch_net_stand_ins() -> dict[str, Any]:
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU())
+            self.head = torch.nn.Linear(8, 2)
+
+    return {"Net": Net}
+
+
 def gym_stand_ins() -> dict[str, Any]:
     class RandomAgent:
         def act(self, obs: Any, rng: np.random.Generator) -> int:
@@ -147,6 +171,8 @@ STAND_INS: list[tuple[str, Callable[[], dict[str, Any]]]] = [
     ("CkptCallback(", lightning_stand_ins),
     ("CkptHook(", flax_stand_ins),
     ("RunnerConfig(", gym_stand_ins),
+    ("jax.eval_shape(init)", jax_init_stand_ins),
+    ("Net()", torch_net_stand_ins),
     ("async_save=True", async_stand_ins),
     ("model.state_dict()", torch_stand_ins),
     ("", numpy_stand_ins),
