@@ -33,8 +33,9 @@ from typing import Any, BinaryIO
 import xxhash
 
 from . import layout
+from ._options import describe
 from .directio import DirectFile
-from .errors import CorruptCheckpointError, DiskFullError
+from .errors import CheckpointNotFoundError, CorruptCheckpointError, DiskFullError
 from .lock import FileLock, Lock
 from .manifest import FileRecord
 
@@ -236,6 +237,30 @@ def disk_full_error(
     return None
 
 
+def unusable_directory_error(error: OSError, directory: Path) -> OSError:
+    """`error`, met creating or opening the checkpoint directory, as an error of the same kind
+    (NotADirectoryError, PermissionError, ...) that names the directory, why, and what to do."""
+    code = error.errno or errno.EIO
+    if code in _FULL:
+        return disk_full_error(error, str(directory)) or error
+    if isinstance(error, FileExistsError | NotADirectoryError):
+        blocker = directory
+        while not blocker.exists() and blocker != blocker.parent:
+            blocker = blocker.parent
+        code, why = errno.ENOTDIR, f"{blocker} is a file, not a directory"
+        hint = "pass a directory path (it is created if missing), not a file or a path below one."
+    elif code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        why = f"it cannot be written ({error.strerror}: {error.filename})"
+        hint = "save to a directory you can write (a manager that only restores: read_only=True)."
+    else:
+        why = f"{error.strerror}: {error.filename}"
+        hint = "pass a directory on a regular filesystem (not under /proc or /sys)."
+    message = f"cannot write checkpoints in {directory}: {why}. HINT: {hint}"
+    if code == errno.ENOENT:
+        return CheckpointNotFoundError(message)
+    return OSError(code, message)
+
+
 # ---------------------------------------------------------------- the interface
 
 
@@ -375,7 +400,17 @@ def open_storage(
     directory: str | os.PathLike[str], storage_options: dict[str, Any] | None
 ) -> Storage:
     """A `Storage` for a local path, a `file://` URL, or any other fsspec URL."""
+    if not isinstance(directory, str | os.PathLike):
+        raise TypeError(
+            f"the checkpoint directory must be a path or a URL; found {describe(directory)}. "
+            "HINT: e.g. 'runs/exp' or 's3://bucket/exp'."
+        )
     text = os.fspath(directory)
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(
+            f"the checkpoint directory is {text!r}: it names no directory (an unset variable?). "
+            "HINT: pass a path such as 'runs/exp'; '.' if you mean the current directory."
+        )
     if "://" in text and not text.startswith("file://"):
         from .fsspec_storage import FsspecStorage
 
@@ -411,6 +446,8 @@ class LocalStorage(Storage):
                 return [e.name for e in entries if not e.is_symlink()]
         except FileNotFoundError:
             return []
+        except NotADirectoryError as e:
+            raise unusable_directory_error(e, self.path) from e
 
     def read_bytes(self, rel: str) -> bytes:
         with open(f"{self.root}/{rel}", "rb") as f:
@@ -477,8 +514,11 @@ class LocalStorage(Storage):
 
     def begin_step(self, name: str) -> StepWriter:
         self.drain()  # the space of deleted steps is free before a new one is written
-        self.path.mkdir(parents=True, exist_ok=True)
-        return _LocalStepWriter(self, name)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            return _LocalStepWriter(self, name)
+        except OSError as e:
+            raise unusable_directory_error(e, self.path) from e
 
     def delete_step(self, name: str) -> None:
         # One rename hides the whole step; a kill during the rmtree leaves a swept temporary.
@@ -507,8 +547,11 @@ class LocalStorage(Storage):
         concurrent.futures.wait(reaping)
 
     def acquire_lock(self, owner: dict[str, Any]) -> Lock:
-        self.path.mkdir(parents=True, exist_ok=True)
-        return FileLock(self.path / layout.LOCK_FILE, owner)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            return FileLock(self.path / layout.LOCK_FILE, owner)
+        except OSError as e:  # a file in the way, a read-only or special filesystem, ...
+            raise unusable_directory_error(e, self.path) from e
 
 
 class _LocalStepWriter(StepWriter):
