@@ -55,8 +55,11 @@ def on_existing_from_flags(resume: bool, overwrite: bool, *, caller: str) -> OnE
     """The `on_existing` option for an adapter's `resume` and `overwrite` flags.
 
     Raises:
+        TypeError: one is not a bool (`resume="no"` must not resume).
         ValueError: both are set; the message names `caller`, e.g. "CkptCallback".
     """
+    check_bool("resume", resume)
+    check_bool("overwrite", overwrite)
     if resume and overwrite:
         raise ValueError(
             f"{caller} got resume=True and overwrite=True; they exclude each other. HINT: "
