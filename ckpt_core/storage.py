@@ -237,28 +237,36 @@ def disk_full_error(
     return None
 
 
-def unusable_directory_error(error: OSError, directory: Path) -> OSError:
-    """`error`, met creating or opening the checkpoint directory, as an error of the same kind
-    (NotADirectoryError, PermissionError, ...) that names the directory, why, and what to do."""
-    code = error.errno or errno.EIO
-    if code in _FULL:
-        return disk_full_error(error, str(directory)) or error
-    if isinstance(error, FileExistsError | NotADirectoryError):
-        blocker = directory
-        while not blocker.exists() and blocker != blocker.parent:
-            blocker = blocker.parent
-        code, why = errno.ENOTDIR, f"{blocker} is a file, not a directory"
-        hint = "pass a directory path (it is created if missing), not a file or a path below one."
-    elif code in (errno.EROFS, errno.EACCES, errno.EPERM):
-        why = f"it cannot be written ({error.strerror}: {error.filename})"
-        hint = "save to a directory you can write (a manager that only restores: read_only=True)."
-    else:
-        why = f"{error.strerror}: {error.filename}"
-        hint = "pass a directory on a regular filesystem (not under /proc or /sys)."
-    message = f"cannot write checkpoints in {directory}: {why}. HINT: {hint}"
-    if code == errno.ENOENT:
-        return CheckpointNotFoundError(message)
-    return OSError(code, message)
+@contextlib.contextmanager
+def directory_errors_explained(directory: Path) -> Iterator[None]:
+    """Re-raise an OSError met creating or opening the checkpoint directory `directory` as one of
+    the same kind (NotADirectoryError, PermissionError, ...) that names the directory, why, and
+    what to do. Other errors (EIO, a full disk) pass unchanged."""
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, FileExistsError | NotADirectoryError):
+            blocker = directory
+            while not blocker.exists() and blocker != blocker.parent:
+                blocker = blocker.parent
+            code, why = errno.ENOTDIR, f"{blocker} is a file, not a directory"
+            hint = (
+                "pass a directory path (it is created if missing), not a file or a path below one."
+            )
+        elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            code, why = e.errno, f"it cannot be written ({e.strerror}: {e.filename})"
+            hint = (
+                "save to a directory you can write (a manager that only restores: read_only=True)."
+            )
+        elif e.errno == errno.ENOENT:  # e.g. under /proc, where nothing can be created
+            code, why = e.errno, f"{e.strerror}: {e.filename}"
+            hint = "pass a directory on a regular filesystem (not under /proc or /sys)."
+        else:
+            raise
+        message = f"cannot keep checkpoints in {directory}: {why}. HINT: {hint}"
+        if code == errno.ENOENT:
+            raise CheckpointNotFoundError(message) from e
+        raise OSError(code, message) from e
 
 
 # ---------------------------------------------------------------- the interface
@@ -446,8 +454,9 @@ class LocalStorage(Storage):
                 return [e.name for e in entries if not e.is_symlink()]
         except FileNotFoundError:
             return []
-        except NotADirectoryError as e:
-            raise unusable_directory_error(e, self.path) from e
+        except NotADirectoryError:
+            with directory_errors_explained(self.path):
+                raise  # the same kind of error, naming the file in the way
 
     def read_bytes(self, rel: str) -> bytes:
         with open(f"{self.root}/{rel}", "rb") as f:
@@ -514,11 +523,9 @@ class LocalStorage(Storage):
 
     def begin_step(self, name: str) -> StepWriter:
         self.drain()  # the space of deleted steps is free before a new one is written
-        try:
+        with directory_errors_explained(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
             return _LocalStepWriter(self, name)
-        except OSError as e:
-            raise unusable_directory_error(e, self.path) from e
 
     def delete_step(self, name: str) -> None:
         # One rename hides the whole step; a kill during the rmtree leaves a swept temporary.
@@ -547,11 +554,9 @@ class LocalStorage(Storage):
         concurrent.futures.wait(reaping)
 
     def acquire_lock(self, owner: dict[str, Any]) -> Lock:
-        try:
+        with directory_errors_explained(self.path):  # a file in the way, a read-only disk, ...
             self.path.mkdir(parents=True, exist_ok=True)
             return FileLock(self.path / layout.LOCK_FILE, owner)
-        except OSError as e:  # a file in the way, a read-only or special filesystem, ...
-            raise unusable_directory_error(e, self.path) from e
 
 
 class _LocalStepWriter(StepWriter):

@@ -228,11 +228,11 @@ def read_only_dir(tmp_path):
 
 def test_a_read_only_filesystem_is_named_with_a_hint(read_only_dir):
     for directory in (read_only_dir, read_only_dir / "run"):
-        with pytest.raises(OSError, match=f"cannot write checkpoints in {directory}.*HINT") as err:
+        with pytest.raises(OSError, match=f"cannot keep checkpoints in {directory}.*HINT") as err:
             CheckpointManager(directory)
         assert err.value.errno in (errno.EROFS, errno.EACCES)
         assert isinstance(err.value.__cause__, OSError)
-    with pytest.raises(OSError, match=r"cannot write checkpoints in .*HINT"):
+    with pytest.raises(OSError, match=r"cannot keep checkpoints in .*HINT"):
         save_checkpoint(read_only_dir / "ckpt", state(1))
     assert entries(read_only_dir) == []
 
