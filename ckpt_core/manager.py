@@ -610,6 +610,11 @@ class CheckpointManager:
     def update_run_metadata(self, values: Mapping[str, Any]) -> None:
         """Merge `values` into the run metadata (written atomically)."""
         self._check_writable()
+        if not isinstance(values, Mapping):
+            raise TypeError(
+                f"update_run_metadata takes a dict of JSON values; found {describe(values)}. "
+                "HINT: e.g. update_run_metadata({'seed': 0})."
+            )
         doc = self._run_doc()
         doc["metadata"] = {**doc.get("metadata", {}), **values}
         self._write_run_doc(doc)
@@ -742,7 +747,8 @@ class CheckpointManager:
         """Finish the pending background save, then release the directory. Idempotent.
 
         Raises:
-            CheckpointError: the pending background save failed.
+            Exception: the pending background save failed: its error, of the type a
+                synchronous save raises (a full disk: DiskFullError).
         """
         if self._closed:
             return

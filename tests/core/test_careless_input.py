@@ -134,6 +134,13 @@ def test_the_unranked_warning_comes_only_after_the_save_went_through(run_dir):
             mgr.clear()
 
 
+def test_run_metadata_must_be_a_mapping(run_dir):
+    with CheckpointManager(run_dir) as mgr:
+        with pytest.raises(TypeError, match=r"takes a dict of JSON values; found a list"):
+            mgr.update_run_metadata([("seed", 0)])  # type: ignore[arg-type]
+        assert mgr.run_metadata == {}
+
+
 # ---------------------------------------------------------------- steps
 
 
