@@ -334,7 +334,7 @@ def _retention(args: argparse.Namespace, run_doc: dict[str, Any]) -> Retention:
         source = f"command line + {source}" if recorded_too else "from the command line"
     try:
         return Retention(RetentionPolicy(**options), source)
-    except ValueError as e:
+    except (TypeError, ValueError) as e:  # e.g. a hand-edited run.json
         raise BadInput(str(e)) from None
 
 
@@ -994,6 +994,16 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _directory(text: str) -> str:
+    # `ckpt prune "$RUN" ...` with RUN unset must not act on the current directory.
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"DIR is {text!r}, which names no directory (an unset variable?); pass '.' for the "
+            "current directory"
+        )
+    return text
+
+
 def _add_retention(p: argparse.ArgumentParser, *, explain: str) -> None:
     g = p.add_argument_group("retention", explain)
     g.add_argument(
@@ -1030,7 +1040,10 @@ def build_parser() -> argparse.ArgumentParser:
     ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.add_argument(
-            "directory", metavar="DIR", help="a checkpoint directory (local path or URL)"
+            "directory",
+            metavar="DIR",
+            type=_directory,
+            help="a checkpoint directory (local path or URL)",
         )
         if json_flag:
             p.add_argument("--json", action="store_true", help="print JSON for scripts")

@@ -21,6 +21,14 @@ from types import FrameType, TracebackType
 from typing import Any, Literal
 
 from . import layout
+from ._options import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_mapping,
+    check_seconds,
+    describe,
+)
 from .commit import write_step
 from .errors import (
     CheckpointError,
@@ -33,7 +41,7 @@ from .errors import (
 from .formats.base import Format, SnapshotBuffers, StepReader, get_format, resolve_format
 from .info import CheckpointInfo
 from .lock import Lock
-from .manifest import Manifest, to_float_metrics
+from .manifest import Manifest, check_metadata, to_float_metrics
 from .retention import BestFn, RetentionPolicy
 from .storage import Storage, disk_full_error, new_token, open_storage
 
@@ -47,8 +55,11 @@ def on_existing_from_flags(resume: bool, overwrite: bool, *, caller: str) -> OnE
     """The `on_existing` option for an adapter's `resume` and `overwrite` flags.
 
     Raises:
+        TypeError: one is not a bool (`resume="no"` must not resume).
         ValueError: both are set; the message names `caller`, e.g. "CkptCallback".
     """
+    check_bool("resume", resume)
+    check_bool("overwrite", overwrite)
     if resume and overwrite:
         raise ValueError(
             f"{caller} got resume=True and overwrite=True; they exclude each other. HINT: "
@@ -97,6 +108,10 @@ class CheckpointManager:
     Raises:
         CheckpointExistsError: steps exist and `on_existing="error"`.
         CheckpointLockedError: another live process is writing to `directory`.
+        CheckpointNotFoundError: `read_only=True` and `directory` does not exist.
+        OSError: `directory` cannot be created or written (a file is in the way, a read-only
+            filesystem): a NotADirectoryError, PermissionError, ... saying which path.
+        TypeError: an option has the wrong type, e.g. `async_save="no"`.
         ValueError: an option is out of range.
     """
 
@@ -120,18 +135,22 @@ class CheckpointManager:
         storage_options: dict[str, Any] | None = None,
     ) -> None:
         self._policy = RetentionPolicy(max_to_keep, keep_period, best_fn, best_mode, keep_best)
-        if save_interval_steps is not None and (
-            not isinstance(save_interval_steps, int) or save_interval_steps < 1
+        check_int(
+            "save_interval_steps",
+            save_interval_steps,
+            minimum=1,
+            none="no step interval",
+            example=100,
+        )
+        check_seconds("save_interval_secs", save_interval_secs)
+        check_choice("on_existing", on_existing, ("error", "resume", "overwrite"))
+        for name, flag in (
+            ("read_only", read_only),
+            ("async_save", async_save),
+            ("allow_pickle", allow_pickle),
         ):
-            raise ValueError(
-                f"save_interval_steps must be a positive integer or None, got {save_interval_steps!r}"
-            )
-        if save_interval_secs is not None and not save_interval_secs > 0:
-            raise ValueError(f"save_interval_secs must be positive, got {save_interval_secs!r}")
-        if on_existing not in ("error", "resume", "overwrite"):
-            raise ValueError(
-                f"on_existing must be 'error', 'resume' or 'overwrite', got {on_existing!r}"
-            )
+            check_bool(name, flag)
+        check_mapping("storage_options", storage_options)
         if isinstance(format, str) and format != "auto":
             get_format(format)  # unknown names fail here, not at the first save
         elif not isinstance(format, str | Format):
@@ -175,6 +194,12 @@ class CheckpointManager:
             if not read_only:
                 self._storage.sweep()
             self._infos = self._scan()
+            if read_only and not self._infos and not self._storage.exists(""):
+                raise CheckpointNotFoundError(
+                    f"{self._storage.root} does not exist; read_only=True opens an existing run "
+                    "and never creates one. HINT: check the path for a typo, or open it without "
+                    "read_only to start a run there."
+                )
             if read_only:
                 self._adopt_recorded_retention(best_fn)
             else:
@@ -334,9 +359,11 @@ class CheckpointManager:
             True if a checkpoint was written (or, with `async_save`, is being written).
 
         Raises:
-            CheckpointError: the manager is read-only or closed, or an earlier background
-                save failed (its error is raised here).
+            CheckpointError: the manager is read-only or closed.
             DiskFullError: the disk filled up; nothing was committed.
+            TypeError: `metrics` is not a mapping of numbers, or `metadata` is not JSON.
+            Exception: an earlier background save failed: its error is raised here, of the
+                type a synchronous save raises (a full disk: DiskFullError).
         """
         self._check_writable()
         step = _as_step(step)
@@ -344,14 +371,7 @@ class CheckpointManager:
             return False
         floats = to_float_metrics(metrics)
         self._check_not_pruned_at_once(step, floats)
-        try:
-            json.dumps(metadata, allow_nan=True)
-        except (TypeError, ValueError) as e:
-            raise TypeError(
-                f"metadata must be JSON-serialisable ({e}); HINT: put arrays in the state instead."
-            ) from None
-        if (problem := self._policy.missing_metric(floats)) is not None:
-            warnings.warn(f"step {step}: {problem}", UnrankedStepWarning, stacklevel=2)
+        check_metadata(metadata)
         fmt = resolve_format(self._format, state)
         if self._async:
             self.wait()  # at most one save in flight: memory stays bounded
@@ -367,6 +387,9 @@ class CheckpointManager:
             thread.start()
         else:
             self._write(step, fmt, state, floats, metadata)
+        # Only now: a save that fails on its state must not first say the step is unranked.
+        if (problem := self._policy.missing_metric(floats)) is not None:
+            warnings.warn(f"step {step}: {problem}", UnrankedStepWarning, stacklevel=2)
         self._last_save = time.monotonic()
         self._signal_received = None
         return True
@@ -386,10 +409,11 @@ class CheckpointManager:
             "delete the later steps first (`ckpt prune`, or clear()), or save to a new directory."
         )
 
-    def _write_in_background(self, *args: Any) -> None:
+    def _write_in_background(self, step: int, *args: Any) -> None:
         try:
-            self._write(*args)
+            self._write(step, *args)
         except BaseException as e:  # surfaced by the next save, wait or close
+            e.add_note(f"ckpt_core: raised by the background save of step {step}")
             self._error = e
 
     def _write(
@@ -448,8 +472,10 @@ class CheckpointManager:
             self._pending = None
         self._storage.drain()
         if self._error is not None:
+            # The very error a synchronous save raises (a full disk is a DiskFullError, with
+            # the OSError as its cause), so one `except` serves both modes.
             error, self._error = self._error, None
-            raise CheckpointError(f"a background save failed: {error}") from error
+            raise error
 
     # ------------------------------------------------------------------ reading
 
@@ -539,10 +565,10 @@ class CheckpointManager:
 
     def _resolve_step(self, step: StepSpec) -> int:
         with self._mutex:
-            if step is None or step == "latest":
+            if step is None or (isinstance(step, str) and step == "latest"):
                 found = self.latest_step()
                 what = "latest"
-            elif step == "best":
+            elif isinstance(step, str) and step == "best":
                 if self._policy.best_fn is None:
                     raise CheckpointNotFoundError(
                         f"restore('best') needs a best_fn; {self._storage.root} was opened "
@@ -550,11 +576,10 @@ class CheckpointManager:
                     )
                 found = self.best_step()
                 what = "best"
-            elif isinstance(step, int) and not isinstance(step, bool):
-                found = step if step in self._infos else None
-                what = f"step {step}"
             else:
-                raise ValueError(f"step must be an int, 'latest', 'best' or None, got {step!r}")
+                number = _as_step(step, reading=True)
+                found = number if number in self._infos else None
+                what = f"step {number}"
             if found is None:
                 raise CheckpointNotFoundError(
                     f"no {what} checkpoint in {self._storage.root}; committed steps: "
@@ -585,6 +610,11 @@ class CheckpointManager:
     def update_run_metadata(self, values: Mapping[str, Any]) -> None:
         """Merge `values` into the run metadata (written atomically)."""
         self._check_writable()
+        if not isinstance(values, Mapping):
+            raise TypeError(
+                f"update_run_metadata takes a dict of JSON values; found {describe(values)}. "
+                "HINT: e.g. update_run_metadata({'seed': 0})."
+            )
         doc = self._run_doc()
         doc["metadata"] = {**doc.get("metadata", {}), **values}
         self._write_run_doc(doc)
@@ -717,7 +747,8 @@ class CheckpointManager:
         """Finish the pending background save, then release the directory. Idempotent.
 
         Raises:
-            CheckpointError: the pending background save failed.
+            Exception: the pending background save failed: its error, of the type a
+                synchronous save raises (a full disk: DiskFullError).
         """
         if self._closed:
             return
@@ -752,16 +783,30 @@ class CheckpointManager:
         )
 
 
-def _as_step(step: Any) -> int:
-    """A step as an int (numpy and torch integers accepted), or a ValueError saying why."""
+def _as_step(step: Any, *, reading: bool = False) -> int:
+    """A step as an int (numpy and torch integers accepted), or a ValueError saying why.
+
+    `reading`: for restore, info, path...: "latest" and "best" are accepted there too.
+    """
+    expected = "a non-negative integer" + (", 'latest', 'best' or None" if reading else "")
     try:
         if isinstance(step, bool):
             raise TypeError
         value = operator.index(step)
     except TypeError:
-        raise ValueError(f"step must be a non-negative integer, got {step!r}") from None
+        if isinstance(step, bool | str | bytes | float):
+            hint = "HINT: pass the step number, e.g. 100."
+        elif reading:  # the state passed where the step goes: restore(state)
+            hint = (
+                "HINT: the first argument is the step; pass the tree to restore into as "
+                "like=, e.g. restore(like=state)."
+            )
+        else:
+            hint = "HINT: the step comes first: save(step, state)."
+        raise ValueError(f"step must be {expected}; found {describe(step)}. {hint}") from None
     if value < 0:
-        raise ValueError(f"step must be a non-negative integer, got {step!r}")
+        hint = " HINT: restore('latest') reads the newest step." if reading else ""
+        raise ValueError(f"step must be {expected}; found {value}.{hint}")
     return value
 
 

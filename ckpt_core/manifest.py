@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import sys
 import time
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from . import _tree
+from ._options import describe
 from .errors import CorruptCheckpointError
 
 MANIFEST_VERSION = 1
@@ -175,12 +177,31 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def check_metadata(metadata: Any) -> None:
+    """Raise TypeError, before anything is written, if `metadata` cannot go into a manifest."""
+    try:
+        json.dumps(metadata, allow_nan=True)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise TypeError(
+            f"metadata must be JSON-serialisable (dicts, lists, strings, numbers, bools, None): "
+            f"{e}. HINT: put arrays in the state instead; convert other values to str or float."
+        ) from None
+
+
 def to_float_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
     """Python, numpy, torch or jax scalars -> floats (one host transfer for each device scalar).
 
+    Infinities and NaN are stored as they are; they never rank for best (see retention).
+
     Raises:
-        TypeError: a value is not a scalar number.
+        TypeError: `metrics` is not a mapping, or a value is not a real scalar number (a
+            string such as "0.5" or a bool is refused rather than guessed at).
     """
+    if metrics is not None and not isinstance(metrics, Mapping):
+        raise TypeError(
+            f"metrics must be a mapping of names to numbers; found {describe(metrics)}. "
+            "HINT: e.g. save(step, state, metrics={'loss': 0.5})."
+        )
     items = dict(metrics or {})
     device_values = {k: v for k, v in items.items() if _tree.is_jax_array(v)}
     if device_values:
@@ -190,14 +211,21 @@ def to_float_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
     out: dict[str, float] = {}
     for name, value in items.items():
         if not isinstance(name, str):
-            raise TypeError(f"metric names must be strings, found {name!r}")
+            raise TypeError(f"metric names must be strings, found {describe(name)}")
         try:
-            if hasattr(value, "item"):
-                value = value.item()
-            out[name] = float(value)
-        except (TypeError, ValueError, RuntimeError) as e:
+            number = value.item() if hasattr(value, "item") else value
+        except (TypeError, ValueError, RuntimeError) as e:  # e.g. an array of several values
+            number, reason = None, f": {e}"
+        else:
+            reason = ""
+        if isinstance(number, bool) or not isinstance(number, numbers.Real):
+            hint = {
+                str: " HINT: convert it yourself, e.g. float(value).",
+                bool: " HINT: pass float(flag), or put flags in metadata=.",
+            }.get(type(number), "")
             raise TypeError(
-                f"metric {name!r} must be a scalar number (Python, numpy, torch or jax), "
-                f"found {type(value).__qualname__}: {e}"
-            ) from None
+                f"metric {name!r} must be a scalar number (Python, numpy, torch or jax); found "
+                f"{describe(value)}{reason}.{hint}"
+            )
+        out[name] = float(number)
     return out

@@ -14,7 +14,7 @@ from . import layout
 from .commit import write_step
 from .errors import CheckpointExistsError, CheckpointNotFoundError, CorruptCheckpointError
 from .formats.base import Format, StepReader, get_format, resolve_format
-from .manifest import Manifest
+from .manifest import Manifest, check_metadata
 from .storage import Storage, open_storage
 
 
@@ -55,6 +55,7 @@ def save_checkpoint(
         metadata: JSON-serialisable metadata, read back by `load_metadata`.
         format: "auto", "tree", "torch", "orbax", "pickle" or a `Format`.
     """
+    check_metadata(metadata)
     storage, name = _split(path)
     if storage.exists(name) and not storage.exists(f"{name}/{layout.MANIFEST}"):
         raise CheckpointExistsError(
@@ -104,9 +105,9 @@ def load_metadata(path: str | os.PathLike[str]) -> Any:
 
 def checkpoint_exists(path: str | os.PathLike[str]) -> bool:
     """Whether `path` holds a committed checkpoint (a valid manifest)."""
-    storage, name = _split(path)
     try:
+        storage, name = _split(path)
         _manifest(storage, name)
-    except (CheckpointNotFoundError, CorruptCheckpointError):
+    except (CheckpointNotFoundError, CorruptCheckpointError, NotADirectoryError):
         return False
     return True

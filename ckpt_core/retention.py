@@ -6,7 +6,8 @@ with plain lists. A step is kept if at least one rule keeps it:
 * "latest": it is the newest step;
 * "recent": it is among the `max_to_keep` newest;
 * "period": `keep_period` divides it;
-* "best": it is among the `keep_best` best by `best_fn` (ties: the newer wins; NaN never ranks).
+* "best": it is among the `keep_best` best by `best_fn` (ties: the newer wins; NaN and
+  infinities never rank: an infinite score, from a run gone wrong, would stay best forever).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
+
+from ._options import check_choice, check_int, describe
 
 BestFn = str | Callable[[Mapping[str, float]], float]
 KEEP_REASONS = ("latest", "recent", "period", "best")
@@ -40,40 +43,20 @@ class RetentionPolicy:
     keep_best: int | None = 1  # None: every ranked step
 
     def __post_init__(self) -> None:
-        if self.max_to_keep is not None and (
-            not isinstance(self.max_to_keep, int)
-            or isinstance(self.max_to_keep, bool)
-            or self.max_to_keep < 1
-        ):
-            raise ValueError(
-                f"max_to_keep must be a positive integer or None (keep all), got {self.max_to_keep!r}"
-            )
-        if self.keep_period is not None and (
-            not isinstance(self.keep_period, int)
-            or isinstance(self.keep_period, bool)
-            or self.keep_period < 1
-        ):
-            raise ValueError(
-                f"keep_period must be a positive integer or None, got {self.keep_period!r}"
-            )
-        if self.best_mode not in ("min", "max"):
-            raise ValueError(f"best_mode must be 'min' or 'max', got {self.best_mode!r}")
-        if self.keep_best is not None and (
-            not isinstance(self.keep_best, int) or self.keep_best < 0
-        ):
-            raise ValueError(
-                f"keep_best must be a non-negative integer, or None to keep every ranked step; "
-                f"got {self.keep_best!r}"
-            )
+        check_int("max_to_keep", self.max_to_keep, minimum=1, none="keep all", example=5)
+        check_int("keep_period", self.keep_period, minimum=1, none="off", example=1000)
+        check_choice("best_mode", self.best_mode, ("min", "max"))
+        check_int("keep_best", self.keep_best, minimum=0, none="every ranked step", example=1)
         if self.best_fn is not None and not (
             isinstance(self.best_fn, str) or callable(self.best_fn)
         ):
             raise ValueError(
-                f"best_fn must be a metric name or a function of the metrics dict, got {self.best_fn!r}"
+                f"best_fn must be a metric name or a function of the metrics dict, got "
+                f"{describe(self.best_fn)}"
             )
 
     def score(self, metrics: Mapping[str, float]) -> float | None:
-        """The step's rank score, or None when it cannot be ranked (missing metric, NaN)."""
+        """The step's rank score, or None when it cannot be ranked (missing metric, NaN, inf)."""
         best_fn = self.best_fn
         if best_fn is None:
             return None
@@ -81,7 +64,7 @@ class RetentionPolicy:
             value = float(metrics[best_fn] if isinstance(best_fn, str) else best_fn(metrics))
         except (KeyError, TypeError, ValueError):
             return None
-        return None if math.isnan(value) else value
+        return value if math.isfinite(value) else None
 
     def ranked(self, records: Sequence[StepRecord], k: int | None = None) -> list[int]:
         """The `k` best steps (all if None), best first; unrankable steps are left out.
@@ -148,7 +131,10 @@ class RetentionPolicy:
                 f"metrics={{{self.best_fn!r}: value}} to save()."
             )
         if isinstance(self.best_fn, str):
-            return f"best_fn metric {self.best_fn!r} is NaN; this step is not ranked for best."
+            return (
+                f"best_fn metric {self.best_fn!r} is {metrics[self.best_fn]}, not a finite "
+                "number; this step is not ranked for best (it is kept by the other rules only)."
+            )
         return (
             f"best_fn could not score the saved metrics {sorted(metrics)}; this step is not "
             "ranked for best."

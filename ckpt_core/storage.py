@@ -33,8 +33,9 @@ from typing import Any, BinaryIO
 import xxhash
 
 from . import layout
+from ._options import describe
 from .directio import DirectFile
-from .errors import CorruptCheckpointError, DiskFullError
+from .errors import CheckpointNotFoundError, CorruptCheckpointError, DiskFullError
 from .lock import FileLock, Lock
 from .manifest import FileRecord
 
@@ -236,6 +237,38 @@ def disk_full_error(
     return None
 
 
+@contextlib.contextmanager
+def directory_errors_explained(directory: Path) -> Iterator[None]:
+    """Re-raise an OSError met creating or opening the checkpoint directory `directory` as one of
+    the same kind (NotADirectoryError, PermissionError, ...) that names the directory, why, and
+    what to do. Other errors (EIO, a full disk) pass unchanged."""
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, FileExistsError | NotADirectoryError):
+            blocker = directory
+            while not blocker.exists() and blocker != blocker.parent:
+                blocker = blocker.parent
+            code, why = errno.ENOTDIR, f"{blocker} is a file, not a directory"
+            hint = (
+                "pass a directory path (it is created if missing), not a file or a path below one."
+            )
+        elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            code, why = e.errno, f"it cannot be written ({e.strerror}: {e.filename})"
+            hint = (
+                "save to a directory you can write (a manager that only restores: read_only=True)."
+            )
+        elif e.errno == errno.ENOENT:  # e.g. under /proc, where nothing can be created
+            code, why = e.errno, f"{e.strerror}: {e.filename}"
+            hint = "pass a directory on a regular filesystem (not under /proc or /sys)."
+        else:
+            raise
+        message = f"cannot keep checkpoints in {directory}: {why}. HINT: {hint}"
+        if code == errno.ENOENT:
+            raise CheckpointNotFoundError(message) from e
+        raise OSError(code, message) from e
+
+
 # ---------------------------------------------------------------- the interface
 
 
@@ -375,7 +408,17 @@ def open_storage(
     directory: str | os.PathLike[str], storage_options: dict[str, Any] | None
 ) -> Storage:
     """A `Storage` for a local path, a `file://` URL, or any other fsspec URL."""
+    if not isinstance(directory, str | os.PathLike):
+        raise TypeError(
+            f"the checkpoint directory must be a path or a URL; found {describe(directory)}. "
+            "HINT: e.g. 'runs/exp' or 's3://bucket/exp'."
+        )
     text = os.fspath(directory)
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(
+            f"the checkpoint directory is {text!r}: it names no directory (an unset variable?). "
+            "HINT: pass a path such as 'runs/exp'; '.' if you mean the current directory."
+        )
     if "://" in text and not text.startswith("file://"):
         from .fsspec_storage import FsspecStorage
 
@@ -411,6 +454,9 @@ class LocalStorage(Storage):
                 return [e.name for e in entries if not e.is_symlink()]
         except FileNotFoundError:
             return []
+        except NotADirectoryError:
+            with directory_errors_explained(self.path):
+                raise  # the same kind of error, naming the file in the way
 
     def read_bytes(self, rel: str) -> bytes:
         with open(f"{self.root}/{rel}", "rb") as f:
@@ -477,8 +523,9 @@ class LocalStorage(Storage):
 
     def begin_step(self, name: str) -> StepWriter:
         self.drain()  # the space of deleted steps is free before a new one is written
-        self.path.mkdir(parents=True, exist_ok=True)
-        return _LocalStepWriter(self, name)
+        with directory_errors_explained(self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
+            return _LocalStepWriter(self, name)
 
     def delete_step(self, name: str) -> None:
         # One rename hides the whole step; a kill during the rmtree leaves a swept temporary.
@@ -507,8 +554,9 @@ class LocalStorage(Storage):
         concurrent.futures.wait(reaping)
 
     def acquire_lock(self, owner: dict[str, Any]) -> Lock:
-        self.path.mkdir(parents=True, exist_ok=True)
-        return FileLock(self.path / layout.LOCK_FILE, owner)
+        with directory_errors_explained(self.path):  # a file in the way, a read-only disk, ...
+            self.path.mkdir(parents=True, exist_ok=True)
+            return FileLock(self.path / layout.LOCK_FILE, owner)
 
 
 class _LocalStepWriter(StepWriter):

@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 from ckpt_core import CheckpointManager
+from ckpt_core._options import check_bool, check_int, check_seconds
 from ckpt_core.manager import on_existing_from_flags
 
 __all__ = ["CkptHook"]
@@ -106,6 +107,11 @@ class CkptHook:
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         on_existing = on_existing_from_flags(resume, overwrite, caller="CkptHook")
+        # Checked under the hook's own names (the manager would name save_interval_steps).
+        check_int("every_n_steps", every_n_steps, minimum=1, none="only by time", example=100)
+        check_seconds("every_n_seconds", every_n_seconds)
+        check_bool("unreplicate", unreplicate)
+        check_int("replicate_to", replicate_to, minimum=1, none="no broadcast", example=1)
         if replicate_to is not None and not 1 <= replicate_to <= jax.local_device_count():
             raise ValueError(
                 f"CkptHook(replicate_to={replicate_to}) but this process has "

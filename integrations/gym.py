@@ -52,6 +52,7 @@ import gymnasium as gym
 import numpy as np
 
 from ckpt_core import CheckpointManager, StructureMismatchError
+from ckpt_core._options import check_bool, check_mapping, describe
 from ckpt_core.manager import on_existing_from_flags
 
 __all__ = [
@@ -135,6 +136,17 @@ class RunnerConfig:
         _check_int("keep_period", self.keep_period, 1, "20_000 (None: off)", optional=True)
         _check_int("seed", self.seed, 0, "0")
         _check_int("metric_window", self.metric_window, 1, "100 (episodes)")
+        check_bool("resume", self.resume)
+        check_bool("overwrite", self.overwrite)
+        check_mapping("storage_options", self.storage_options)
+        directory = self.checkpoint_dir
+        if directory is not None and (
+            not isinstance(directory, str | os.PathLike) or not os.fspath(directory)
+        ):
+            raise ValueError(
+                f"RunnerConfig(checkpoint_dir={describe(directory)}): expected a directory path "
+                "or URL, or None for no checkpointing. HINT: e.g. checkpoint_dir='runs/ppo'."
+            )
         if self.resume and self.overwrite:
             raise ValueError(
                 "RunnerConfig(resume=True, overwrite=True): these contradict each other "

@@ -19,6 +19,7 @@ Retention, best tracking and the paths are the manager's: nothing is kept in the
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import time
 import warnings
@@ -34,7 +35,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
-from ckpt_core import CheckpointError, CheckpointManager, UnrankedStepWarning
+from ckpt_core import (
+    CheckpointError,
+    CheckpointManager,
+    CheckpointNotFoundError,
+    UnrankedStepWarning,
+)
+from ckpt_core._options import check_bool, check_int, check_mapping, check_seconds, describe
 from ckpt_core.manager import on_existing_from_flags
 
 __all__ = ["CkptCallback"]
@@ -242,6 +249,23 @@ class CkptCallback(ModelCheckpoint):
             resume=resume,
             overwrite=overwrite,
         )
+        # Checked here, not first at `fit`: the manager is opened only then.
+        if dirpath is not None and (
+            not isinstance(dirpath, str | os.PathLike) or not os.fspath(dirpath)
+        ):
+            raise ValueError(
+                f"CkptCallback got dirpath={describe(dirpath)}; expected a directory path or URL. "
+                "HINT: CkptCallback('checkpoints/run1')."
+            )
+        check_int("max_to_keep", max_to_keep, minimum=1, none="keep all", example=3)
+        check_int("keep_period", keep_period, minimum=1, none="off", example=1000)
+        for name, flag in (
+            ("save_weights_only", save_weights_only),
+            ("save_on_exception", save_on_exception),
+            ("async_save", async_save),
+        ):
+            check_bool(name, flag)
+        check_mapping("storage_options", storage_options)
         if every_n_train_steps is None and every_n_epochs is None and train_time_interval is None:
             every_n_epochs = 1
         if isinstance(train_time_interval, (int, float)):
@@ -303,12 +327,18 @@ class CkptCallback(ModelCheckpoint):
     # ------------------------------------------------------------------ derived attributes
 
     @contextlib.contextmanager
-    def _reading(self) -> Iterator[CheckpointManager]:
-        """The writer while `fit` runs on rank 0; otherwise a read-only view of `dirpath`."""
+    def _reading(self) -> Iterator[CheckpointManager | None]:
+        """The writer while `fit` runs on rank 0; otherwise a read-only view of `dirpath`, or
+        None while `dirpath` does not exist (nothing saved yet)."""
         if self._manager is not None:
             yield self._manager
             return
-        with CheckpointManager(self.dirpath, read_only=True, **self._manager_options) as view:
+        try:
+            view = CheckpointManager(self.dirpath, read_only=True, **self._manager_options)
+        except CheckpointNotFoundError:
+            yield None
+            return
+        with view:
             yield view
 
     @staticmethod
@@ -320,8 +350,8 @@ class CkptCallback(ModelCheckpoint):
     @property
     def best_model_path(self) -> str:
         with self._reading() as manager:
-            step = self._best(manager)
-            return "" if step is None else str(manager.payload_path(step))
+            step = None if manager is None else self._best(manager)
+            return "" if manager is None or step is None else str(manager.payload_path(step))
 
     @best_model_path.setter
     def best_model_path(self, value: str) -> None:
@@ -334,14 +364,18 @@ class CkptCallback(ModelCheckpoint):
         if self.monitor is None:
             return None
         with self._reading() as manager:
-            step = manager.best_step()
-            return None if step is None else torch.tensor(manager.metrics(step)[self.monitor])
+            step = None if manager is None else manager.best_step()
+            if manager is None or step is None:
+                return None
+            return torch.tensor(manager.metrics(step)[self.monitor])
 
     @property
     def best_k_models(self) -> dict[str, torch.Tensor]:
         if self.monitor is None:
             return {}
         with self._reading() as manager:
+            if manager is None:
+                return {}
             infos = [manager.info(step) for step in manager.all_steps()]
             return {
                 str(manager.payload_path(info.step)): torch.tensor(info.metrics[self.monitor])
@@ -352,8 +386,8 @@ class CkptCallback(ModelCheckpoint):
     @property
     def last_model_path(self) -> str:
         with self._reading() as manager:
-            step = manager.latest_step()
-            return "" if step is None else str(manager.payload_path(step))
+            step = None if manager is None else manager.latest_step()
+            return "" if manager is None or step is None else str(manager.payload_path(step))
 
     def _find_last_checkpoints(self, trainer: Trainer) -> set[str]:
         # Lightning's `fit/validate/test(ckpt_path="last")` asks each ModelCheckpoint for its
@@ -390,6 +424,7 @@ class CkptCallback(ModelCheckpoint):
         if resume_step is None or not (self.resume or lightning_restores):
             return
         with self._reading() as manager:  # the writer on rank 0, a read-only view elsewhere
+            assert manager is not None  # resume_step was found in it
             # Lightning forgets logged metrics on restart; an uninterrupted run would still hold
             # the last logged values, so later checkpoints start from those of the resumed step.
             self._carried_metrics = {
@@ -643,6 +678,8 @@ def _validate_arguments(
                 f"CkptCallback got {name}={value!r}; expected a positive integer. HINT: pass None"
                 " to use another trigger."
             )
+    if not isinstance(train_time_interval, timedelta):
+        check_seconds("train_time_interval", train_time_interval)
     seconds = (
         train_time_interval.total_seconds()
         if isinstance(train_time_interval, timedelta)
@@ -655,6 +692,11 @@ def _validate_arguments(
         )
     if mode not in ("min", "max"):
         raise ValueError(f"CkptCallback got mode={mode!r}; expected 'min' or 'max'.")
+    if monitor is not None and not isinstance(monitor, str):
+        raise TypeError(
+            f"CkptCallback got monitor={describe(monitor)}; expected the name of a logged "
+            "metric. HINT: monitor='val_loss'."
+        )
     if save_top_k is not None:
         if monitor is None:
             raise ValueError(
@@ -662,7 +704,7 @@ def _validate_arguments(
                 " metric. HINT: pass monitor='val_loss' (a key you log), or use max_to_keep to"
                 " keep the N newest checkpoints."
             )
-        if not isinstance(save_top_k, int) or save_top_k < -1:
+        if not isinstance(save_top_k, int) or isinstance(save_top_k, bool) or save_top_k < -1:
             raise ValueError(
                 f"CkptCallback got save_top_k={save_top_k!r}; expected -1 (keep all), 0 or a"
                 " positive integer."

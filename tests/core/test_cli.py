@@ -312,6 +312,22 @@ def test_bad_input_is_one_line_and_status_2(runs: Path, tmp_path: Path) -> None:
     assert_one_line_error(ckpt("prune", runs / "mlp", "--keep-period", 0), "positive integer")
 
 
+def test_an_empty_dir_argument_never_acts_on_the_current_directory(runs: Path) -> None:
+    # `ckpt prune "$RUN" --max-to-keep 1` with RUN unset used to prune the current directory.
+    before = sorted(p.name for p in (runs / "mlp").iterdir())
+    for command in (("prune", "", "--max-to-keep", 1), ("ls", ""), ("verify", " ")):
+        result = subprocess.run(
+            [str(CKPT), *map(str, command)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=runs / "mlp",
+        )
+        assert_one_line_error(result, "names no directory", "'.'")
+    assert sorted(p.name for p in (runs / "mlp").iterdir()) == before
+
+
 def test_show_damaged_manifest_is_bad_input(mlp: Path) -> None:
     (mlp / layout.step_dirname(9) / layout.MANIFEST).write_text('{"ckpt_core_manifest": 1, "st')
     assert_one_line_error(ckpt("show", mlp, 9), "step 9", "not valid JSON")

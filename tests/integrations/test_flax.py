@@ -548,6 +548,26 @@ def _check_replicated(restored: Any, expected: dict[str, np.ndarray], n: int) ->
 # ---------------------------------------------------------------------- subprocess entry
 
 
+@pytest.mark.parametrize(
+    "options, error, message",
+    [
+        ({"every_n_steps": "10"}, TypeError, r"every_n_steps .* found '10' \(str\)"),
+        ({"every_n_steps": 0}, ValueError, r"every_n_steps .* found 0"),
+        ({"every_n_seconds": "5"}, TypeError, "every_n_seconds must be a number"),
+        ({"async_save": "no"}, TypeError, "async_save must be True or False"),
+        ({"resume": "no"}, TypeError, "resume must be True or False"),
+        ({"unreplicate": "yes"}, TypeError, "unreplicate must be True or False"),
+        ({"replicate_to": "2"}, TypeError, r"replicate_to .* found '2' \(str\)"),
+    ],
+)
+def test_careless_hook_arguments_are_named_as_the_hook_names_them(
+    tmp_path, options, error, message
+):
+    with pytest.raises(error, match=message):
+        CkptHook(tmp_path / "run", **options)
+    assert not (tmp_path / "run").exists()
+
+
 def _main(argv: list[str]) -> None:
     command = argv[0]
     if command == "train":

@@ -450,6 +450,21 @@ def test_bad_config_is_a_value_error_with_a_hint(kwargs, match):
     assert "HINT" in str(excinfo.value)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"checkpoint_dir": ""}, ValueError, r"checkpoint_dir='' \(str\)"),
+        ({"checkpoint_dir": 5}, ValueError, r"checkpoint_dir=5 \(int\)"),
+        ({"resume": "no"}, TypeError, "resume must be True or False"),
+        ({"overwrite": 1}, TypeError, "overwrite must be True or False"),
+        ({"storage_options": "key=x"}, TypeError, "storage_options must be a dict"),
+    ],
+)
+def test_careless_config_is_refused_at_construction(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        RunnerConfig(total_timesteps=1_000, **kwargs)
+
+
 def test_keep_period_off_the_interval_grid_warns():
     with pytest.warns(UserWarning, match="only every 15000 timesteps"):
         RunnerConfig(50_000, checkpoint_interval=3_000, keep_period=5_000)

@@ -499,6 +499,36 @@ def test_conflicting_arguments_raise_value_error(tmp_path, options, message):
         CkptCallback(tmp_path, **options)
 
 
+@pytest.mark.parametrize(
+    "options, error, message",
+    [
+        ({"max_to_keep": -1}, ValueError, r"max_to_keep .* found -1"),
+        ({"max_to_keep": "3"}, TypeError, r"max_to_keep .* found '3' \(str\)"),
+        ({"keep_period": 0}, ValueError, r"keep_period .* found 0"),
+        ({"train_time_interval": "60"}, TypeError, "train_time_interval must be a number"),
+        ({"async_save": "no"}, TypeError, "async_save must be True or False"),
+        ({"resume": "no"}, TypeError, "resume must be True or False"),
+        ({"save_weights_only": "yes"}, TypeError, "save_weights_only must be True or False"),
+        ({"storage_options": "key=x"}, TypeError, "storage_options must be a dict"),
+        ({"monitor": 3}, TypeError, r"monitor=3 \(int\); expected the name"),
+        ({"monitor": "val_loss", "save_top_k": True}, ValueError, "save_top_k=True"),
+    ],
+)
+def test_careless_arguments_fail_at_construction_not_at_fit(tmp_path, options, error, message):
+    with pytest.raises(error, match=message):
+        CkptCallback(tmp_path / "run", **options)
+    with pytest.raises(ValueError, match=r"dirpath='' \(str\)"):
+        CkptCallback("")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_paths_before_anything_is_saved_are_empty_and_create_nothing(tmp_path):
+    cb = CkptCallback(tmp_path / "run", monitor="val_loss")
+    assert (cb.best_model_path, cb.last_model_path) == ("", "")
+    assert (cb.best_model_score, cb.best_k_models) == (None, {})
+    assert not (tmp_path / "run").exists()
+
+
 def test_existing_checkpoints_need_resume_or_overwrite(tmp_path):
     fit(tmp_path, "shuffled", max_epochs=1)
     with pytest.raises(CheckpointExistsError, match="resume=True"):

@@ -176,7 +176,7 @@ def test_a_failed_background_upload_is_raised_by_the_next_call(s3_run, monkeypat
 
         monkeypatch.setattr(fs, "pipe_file", refuse)  # the manifest PUT is refused
         mgr.save(2, state(2))
-        with pytest.raises(CheckpointError, match="Access Denied"):
+        with pytest.raises(PermissionError, match="Access Denied"):  # as a sync save raises it
             mgr.wait()
         monkeypatch.undo()
         assert mgr.all_steps() == [1]

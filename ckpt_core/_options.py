@@ -1,0 +1,73 @@
+"""Checks of user-given options: a wrong type is a TypeError, a wrong value a ValueError.
+
+Each message names the option, what was found and what is expected, and never dumps a large
+value (a tree passed by mistake is described by its type only). The core and the adapters
+share these, so `every_n_steps="10"` and `max_to_keep="3"` read alike.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+
+def describe(value: Any) -> str:
+    """`value` for an error message: a short repr and type of a scalar, the type of the rest."""
+    if value is None:
+        return "None"
+    if isinstance(value, bool | int | float | str | bytes):
+        text = repr(value)
+        text = text if len(text) <= 40 else f"{text[:37]}..."
+        return f"{text} ({type(value).__name__})"
+    kind = type(value)
+    module = "" if kind.__module__ == "builtins" else f"{kind.__module__.split('.')[0]}."
+    return f"a {module}{kind.__qualname__}"
+
+
+def check_int(
+    name: str, value: Any, *, minimum: int, none: str | None = None, example: Any = None
+) -> None:
+    """An int (not a bool) >= `minimum`; None too when `none` says what None means."""
+    if value is None and none is not None:
+        return
+    allowed = f"an int >= {minimum}" + (f", or None ({none})" if none else "")
+    hint = f" HINT: e.g. {name}={example if example is not None else max(minimum, 1)}."
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be {allowed}; found {describe(value)}.{hint}")
+    if value < minimum:
+        raise ValueError(f"{name} must be {allowed}; found {value}.{hint}")
+
+
+def check_bool(name: str, value: Any) -> None:
+    """True or False: a truthy string such as "no" must not switch an option on."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False; found {describe(value)}.")
+
+
+def check_seconds(name: str, value: Any) -> None:
+    """None or a positive number of seconds."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{name} must be a number of seconds or None; found {describe(value)}. "
+            f"HINT: e.g. {name}=600."
+        )
+    if not float(value) > 0:  # NaN too
+        raise ValueError(f"{name} must be a positive number of seconds or None; found {value}.")
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in choices:
+        expected = ", ".join(repr(c) for c in choices[:-1]) + f" or {choices[-1]!r}"
+        raise ValueError(f"{name} must be {expected}; found {describe(value)}.")
+
+
+def check_mapping(name: str, value: Any) -> None:
+    """None or a mapping (e.g. fsspec's storage_options)."""
+    if value is not None and not isinstance(value, Mapping):
+        raise TypeError(
+            f"{name} must be a dict or None; found {describe(value)}. "
+            f"HINT: e.g. {name}={{'endpoint_url': 'http://localhost:9000'}}."
+        )
