@@ -33,6 +33,7 @@ from flax import nnx
 
 from ckpt_core import CheckpointManager
 from ckpt_core.manager import on_existing_from_flags
+from ckpt_core.signals import check_save_on_signals
 
 __all__ = ["CkptHook"]
 
@@ -53,6 +54,8 @@ class CkptHook:
         for step in range(hook.start_step, total_steps):
             state, metrics = train_step(state, batch)
             hook(step, state, metrics=metrics, force=step == total_steps - 1)
+            if hook.preempted:  # with save_on_signals: saved, now stop
+                break
         hook.close()
 
     The checkpoint of step `s` holds the state after the loop body of step `s` ran, so a
@@ -76,7 +79,8 @@ class CkptHook:
             as the given state's leading axis (or `replicate_to`).
         replicate_to: on restore (also of a fresh state), broadcast every leaf onto the first
             N local devices with a leading axis of size N, like `flax.jax_utils.replicate`.
-        save_on_signals: signals (e.g. `signal.SIGTERM`) after which the next call saves.
+        save_on_signals: signals (e.g. `(signal.SIGTERM,)`, or one signal) after which the
+            next call saves, whatever the step; `preempted` is then True: stop the loop.
         storage_options: fsspec options for URL directories.
 
     Raises:
@@ -102,10 +106,11 @@ class CkptHook:
         format: Any = "orbax",
         unreplicate: bool = False,
         replicate_to: int | None = None,
-        save_on_signals: Iterable[int] = (),
+        save_on_signals: Iterable[int] | int | None = (),
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         on_existing = on_existing_from_flags(resume, overwrite, caller="CkptHook")
+        signals = check_save_on_signals(save_on_signals, caller="CkptHook")
         if replicate_to is not None and not 1 <= replicate_to <= jax.local_device_count():
             raise ValueError(
                 f"CkptHook(replicate_to={replicate_to}) but this process has "
@@ -124,7 +129,7 @@ class CkptHook:
             keep_best=keep_best,
             save_interval_steps=every_n_steps,
             save_interval_secs=every_n_seconds,
-            save_on_signals=tuple(save_on_signals),
+            save_on_signals=signals,
             on_existing=on_existing,
             format=format,
             async_save=async_save,
@@ -139,6 +144,12 @@ class CkptHook:
     def start_step(self) -> int:
         """The first loop step to run: 0 on a fresh run, the latest saved step + 1 on resume."""
         return self._start_step
+
+    @property
+    def preempted(self) -> bool:
+        """True once a signal in `save_on_signals` arrived and the save it triggered is
+        committed (also with `async_save`): break out of the loop, then `close()`."""
+        return self.manager.preempted
 
     @property
     def is_complete(self) -> bool:
