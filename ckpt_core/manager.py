@@ -360,7 +360,10 @@ class CheckpointManager:
         if (problem := self._policy.missing_metric(floats)) is not None:
             warnings.warn(f"step {step}: {problem}", UnrankedStepWarning, stacklevel=2)
         fmt = resolve_format(self._format, state)
-        if self._async:
+        # A preemption save is written here, without a snapshot: it is committed when save
+        # returns (so `preempted` can stop the loop) and sooner than a copy and a thread.
+        preempting = signals > self._signals_saved
+        if self._async and not preempting:
             self.wait()  # at most one save in flight: memory stays bounded
             with self._snapshot_buffers.reuse():
                 snapshot = fmt.snapshot(state)
@@ -372,9 +375,9 @@ class CheckpointManager:
             )
             self._pending = thread
             thread.start()
-            if signals > self._signals_saved:
-                self.wait()  # a preemption save is committed before `preempted` says stop
         else:
+            if self._async:
+                self.wait()  # the save in flight first
             self._write(step, fmt, state, floats, metadata)
         self._last_save = time.monotonic()
         self._signals_saved = signals
