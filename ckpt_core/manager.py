@@ -716,8 +716,11 @@ class CheckpointManager:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         previous = self._previous_handlers.get(signum)
         if self._closed:
-            # Still installed after close (a framework put it back): act as the handler before.
-            if previous in (signal.SIG_DFL, None):
+            # Called after close: by a later handler that chains to this one (which acts on
+            # the signal itself), or because a framework put this one back: then act as the
+            # handler before it.
+            installed = signal.getsignal(signum) == self._on_signal
+            if installed and previous in (signal.SIG_DFL, None):
                 signal.signal(signum, signal.SIG_DFL)
                 signal.raise_signal(signum)
             elif callable(previous):
@@ -733,6 +736,12 @@ class CheckpointManager:
         """Restore the signal handlers and let go of the lock."""
         for sig, handler in self._previous_handlers.items():
             if signal.getsignal(sig) == self._on_signal:  # not one installed after ours
+                # Skip the handlers of managers closed meanwhile (closed out of order).
+                while (
+                    isinstance(owner := getattr(handler, "__self__", None), CheckpointManager)
+                    and owner._closed
+                ):
+                    handler = owner._previous_handlers.get(sig, signal.SIG_DFL)
                 with contextlib.suppress(ValueError, TypeError):
                     signal.signal(sig, handler)
         if self._on_drop is not None:

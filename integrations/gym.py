@@ -346,7 +346,9 @@ class CkptRunnerHook:
         result = hook.end()                       # final checkpoint, mark_complete, close
 
     If the run in `checkpoint_dir` is already complete, `begin` loads the final agent state,
-    returns `(None, {})` and `done` is True at once; `end()` returns the stored result.
+    returns `(None, {})` and `done` is True at once; `end()` returns the stored result. With
+    `RunnerConfig(save_on_signals=...)`, `done` also turns True once the checkpoint a signal
+    triggered is committed (`preempted`); `end()` then only closes, leaving the run resumable.
 
     Args:
         config: the run's `RunnerConfig`.
@@ -555,7 +557,7 @@ class CkptRunnerHook:
             timesteps=self.timesteps,
             resumed_from=self.resumed_from,
             was_complete=self.was_complete,
-            preempted=self.preempted,
+            preempted=self.preempted and not self._finished,  # not if the last step came first
         )
         for handler in self._handlers["on_end"]:
             handler(self, self._result)

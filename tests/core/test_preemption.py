@@ -100,6 +100,15 @@ def test_a_closed_managers_handler_acts_like_the_one_before_it(tmp_path):
         signal.signal(signal.SIGTERM, previous)
 
 
+def test_managers_closed_out_of_order_leave_the_original_handler(tmp_path):
+    first = CheckpointManager(tmp_path / "a", save_on_signals=(signal.SIGTERM,))
+    second = CheckpointManager(tmp_path / "b", save_on_signals=(signal.SIGTERM,))
+    first.close()
+    sigterm_self()  # the open manager saves for it; the closed one must not end the process
+    assert second.preemption_signal == signal.SIGTERM
+    second.close()  # the autouse fixture checks that SIGTERM's handler is the original again
+
+
 def test_sigint_saves_then_stops_instead_of_raising_keyboard_interrupt(tmp_path):
     with CheckpointManager(tmp_path, save_interval_steps=1000, save_on_signals=signal.SIGINT) as m:
         os.kill(os.getpid(), signal.SIGINT)
