@@ -4,6 +4,10 @@ A subprocess trains (saving only every 1000 steps) and reports each step; the te
 SIGTERM after step K. The loop must save step K+1 (the next step after the signal), close and
 exit by itself. Started again, it resumes from K+1 and ends with the very weights, bit for bit,
 of a run that was never interrupted.
+
+Each adapter gets the same treatment with a child that waits at a known step while the test
+signals it: a Flax `CkptHook` loop, `integrations.gym.run` and a Lightning `Trainer`. Each
+must commit the step at the signal, exit 0 by itself, and resume from that step when run again.
 """
 
 from __future__ import annotations
