@@ -43,6 +43,7 @@ from .info import CheckpointInfo
 from .lock import Lock
 from .manifest import Manifest, check_metadata, to_float_metrics
 from .retention import BestFn, RetentionPolicy
+from .signals import check_save_on_signals
 from .storage import Storage, disk_full_error, new_token, open_storage
 
 OnExisting = Literal["error", "resume", "overwrite"]
@@ -95,8 +96,9 @@ class CheckpointManager:
         save_interval_steps: `save` writes only when `step % save_interval_steps == 0`
             (None: never by step count, only by time, signal or `force`).
         save_interval_secs: also save when this many seconds passed since the last save.
-        save_on_signals: signals (e.g. `(signal.SIGTERM,)`) after which the next
-            `should_save` is True, so a preempted job saves before it goes.
+        save_on_signals: signals (e.g. `(signal.SIGTERM,)`, or one signal) after which the
+            next `should_save` is True; once that save is committed `preempted` is True, so
+            the loop can stop (see `preempted`). SIGINT then no longer raises KeyboardInterrupt.
         on_existing: what to do when `directory` already holds steps: "error", "resume" or
             "overwrite".
         read_only: open only to inspect and restore; any write raises.
@@ -126,7 +128,7 @@ class CheckpointManager:
         keep_best: int | None = 1,
         save_interval_steps: int | None = 1,
         save_interval_secs: float | None = None,
-        save_on_signals: Iterable[int] = (),
+        save_on_signals: Iterable[int] | int | None = (),
         on_existing: OnExisting = "error",
         read_only: bool = False,
         format: str | Format = "auto",
@@ -171,7 +173,11 @@ class CheckpointManager:
         self._closed = False
         self._lock: Lock | None = None
         self._on_drop: weakref.finalize[Any, Any] | None = None
-        self._signal_received: int | None = None
+        # Signals are counted, not flagged: one that arrives during a save is still owed a save.
+        self._signals = check_save_on_signals(save_on_signals)
+        self._signal_count = 0
+        self._signals_saved = 0  # the signal count the latest completed save has answered
+        self._last_signal: int | None = None
         self._previous_handlers: dict[int, Any] = {}
         self._pointers: dict[str, str | None] = {}
         self._snapshot_buffers = SnapshotBuffers()
@@ -206,7 +212,7 @@ class CheckpointManager:
                 if self._infos:
                     self._apply_on_existing(on_existing)
                 self._record_retention()
-            self._install_signal_handlers(tuple(save_on_signals))
+            self._install_signal_handlers(self._signals)
         except BaseException:
             self._release()
             raise
@@ -327,7 +333,7 @@ class CheckpointManager:
 
     def should_save(self, step: int) -> bool:
         """Whether `save(step, ...)` would write: the step interval, time interval or a signal."""
-        if self._signal_received is not None:
+        if self._signal_count > self._signals_saved:
             return True
         if self._save_interval_steps is not None and step % self._save_interval_steps == 0:
             return True
@@ -369,11 +375,15 @@ class CheckpointManager:
         step = _as_step(step)
         if not force and not self.should_save(step):
             return False
+        signals = self._signal_count  # a signal arriving during this save is owed the next one
         floats = to_float_metrics(metrics)
         self._check_not_pruned_at_once(step, floats)
         check_metadata(metadata)
         fmt = resolve_format(self._format, state)
-        if self._async:
+        # A preemption save is written here, without a snapshot: it is committed when save
+        # returns (so `preempted` can stop the loop) and sooner than a copy and a thread.
+        preempting = signals > self._signals_saved
+        if self._async and not preempting:
             self.wait()  # at most one save in flight: memory stays bounded
             with self._snapshot_buffers.reuse():
                 snapshot = fmt.snapshot(state)
@@ -386,12 +396,14 @@ class CheckpointManager:
             self._pending = thread
             thread.start()
         else:
+            if self._async:
+                self.wait()  # the save in flight first
             self._write(step, fmt, state, floats, metadata)
         # Only now: a save that fails on its state must not first say the step is unranked.
         if (problem := self._policy.missing_metric(floats)) is not None:
             warnings.warn(f"step {step}: {problem}", UnrankedStepWarning, stacklevel=2)
         self._last_save = time.monotonic()
-        self._signal_received = None
+        self._signals_saved = signals
         return True
 
     def _check_not_pruned_at_once(self, step: int, metrics: dict[str, float]) -> None:
@@ -653,7 +665,20 @@ class CheckpointManager:
     @property
     def preemption_signal(self) -> int | None:
         """The signal received since the last save, if any (the run should save and stop)."""
-        return self._signal_received
+        return self._last_signal if self._signal_count > self._signals_saved else None
+
+    @property
+    def preempted(self) -> bool:
+        """True once a signal in `save_on_signals` arrived and the save it triggered returned.
+
+        That save is committed by then, also with `async_save`, so a loop can stop right away;
+        it stays True::
+
+            mgr.save(step, state)
+            if mgr.preempted:
+                break
+        """
+        return self._signals_saved > 0
 
     def size_bytes(self) -> int:
         """The payload bytes of all committed steps."""
@@ -715,28 +740,40 @@ class CheckpointManager:
             )
 
     def _install_signal_handlers(self, signals: tuple[int, ...]) -> None:
-        if not signals:
-            return
-        if threading.current_thread() is not threading.main_thread():
-            raise ValueError(
-                "save_on_signals can only be used from the main thread (Python delivers "
-                "signals there); create the CheckpointManager in the main thread."
-            )
-        for sig in signals:
+        for sig in signals:  # checked in __init__: catchable, and this is the main thread
             self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self._signal_received = signum
         previous = self._previous_handlers.get(signum)
-        if callable(previous):
+        if self._closed:
+            # Called after close: by a later handler that chains to this one (which acts on
+            # the signal itself), or because a framework put this one back: then act as the
+            # handler before it.
+            installed = signal.getsignal(signum) == self._on_signal
+            if installed and previous in (signal.SIG_DFL, None):
+                signal.signal(signum, signal.SIG_DFL)
+                signal.raise_signal(signum)
+            elif callable(previous):
+                previous(signum, frame)
+            return
+        self._last_signal = signum
+        self._signal_count += 1
+        # Python's SIGINT handler would raise KeyboardInterrupt before the save; others chain.
+        if callable(previous) and previous is not signal.default_int_handler:
             previous(signum, frame)
 
     def _release(self) -> None:
         """Restore the signal handlers and let go of the lock."""
         for sig, handler in self._previous_handlers.items():
-            with contextlib.suppress(ValueError, TypeError):
-                signal.signal(sig, handler)
-        self._previous_handlers = {}
+            if signal.getsignal(sig) == self._on_signal:  # not one installed after ours
+                # Skip the handlers of managers closed meanwhile (closed out of order).
+                while (
+                    isinstance(owner := getattr(handler, "__self__", None), CheckpointManager)
+                    and owner._closed
+                ):
+                    handler = owner._previous_handlers.get(sig, signal.SIG_DFL)
+                with contextlib.suppress(ValueError, TypeError):
+                    signal.signal(sig, handler)
         if self._on_drop is not None:
             self._on_drop.detach()
         if self._lock is not None:

@@ -1,8 +1,8 @@
 """A Flax training loop that survives being killed: run it, kill it, run it again.
 
     python examples/flax_resume.py --dir runs/flax --steps 300
-    # kill it (Ctrl-C, SIGKILL, a preempted node), then start it again with the same command:
-    # it resumes from the latest checkpoint and ends with the same weights as an
+    # stop it (`kill PID` saves the current step and exits; Ctrl-C, SIGKILL or a lost node
+    # keep the latest committed step), then start it again with the same command: it resumes from the latest checkpoint and ends with the same weights as an
     # uninterrupted run.
 
 A small linen MLP with dropout is trained with adam on a synthetic regression problem. The
@@ -92,7 +92,8 @@ def main() -> None:
         best_mode="min",
         resume=True,
         async_save=True,
-        # A polite preemption (SIGTERM) saves at the next step; SIGKILL loses only uncommitted work.
+        # A polite preemption (SIGTERM) saves the next step, then the loop stops (below);
+        # SIGKILL loses only the work since the last commit.
         save_on_signals=(signal.SIGTERM,),
     )
     with hook:
@@ -124,6 +125,9 @@ def main() -> None:
                     print(f"saved step {committed} (committed)", flush=True)
                     reported = committed
                 print(f"saving step {step} (loss {float(metrics['loss']):.4f})", flush=True)
+            if hook.preempted:  # SIGTERM: that step is committed; run again to resume
+                print(f"preempted: saved step {step}; stopping", flush=True)
+                return
             time.sleep(args.step_delay)
         hook.wait()
         hook.mark_complete()

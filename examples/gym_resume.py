@@ -11,6 +11,7 @@ Run it once more after it finished and it returns the stored result without trai
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -78,8 +79,13 @@ def main(argv: list[str] | None = None) -> RunResult:
         resume=not args.fresh,
         overwrite=args.fresh,
         seed=args.seed,
+        # `kill PID`: checkpoint at the next episode end, then `run` returns (preempted=True).
+        save_on_signals=(signal.SIGTERM,),
     )
-    return run(env, agent, config, callbacks=[PrintEvents()])
+    result = run(env, agent, config, callbacks=[PrintEvents()])
+    if result.preempted:
+        print(f"preempted at timestep {result.timesteps}: saved; run again to resume", flush=True)
+    return result
 
 
 if __name__ == "__main__":

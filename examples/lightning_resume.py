@@ -1,8 +1,8 @@
 """A Lightning training run that survives being killed: run it, kill it, run it again.
 
     python examples/lightning_resume.py --dir runs/lightning --epochs 6
-    # kill it (Ctrl-C, SIGKILL, a preempted node), then start it again with the same command:
-    # `CkptCallback(resume=True)` makes `trainer.fit(model)` continue from the latest
+    # stop it (`kill PID` saves at the next batch end and stops; Ctrl-C, SIGKILL or a lost node
+    # keep the latest committed step), then start it again with the same command: `CkptCallback(resume=True)` makes `trainer.fit(model)` continue from the latest
     # checkpoint, mid-epoch included, and the run ends with the same weights as an
     # uninterrupted one.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import time
 import warnings
 from collections.abc import Iterator
@@ -150,6 +151,8 @@ def main() -> None:
         every_n_train_steps=args.every,
         resume=True,
         async_save=True,
+        # SIGTERM: save at the next batch end, then stop (Lightning exits with SIGTERMException).
+        save_on_signals=(signal.SIGTERM,),
     )
     report = Report(checkpoints)
     trainer = Trainer(
@@ -163,7 +166,11 @@ def main() -> None:
     )
     train = ResumableLoader(make_data(512, seed=args.seed), batch_size=32, seed=args.seed)
     val = DataLoader(make_data(128, seed=args.seed + 1), batch_size=64)
-    trainer.fit(Regressor(step_delay=args.step_delay), train, val)
+    try:
+        trainer.fit(Regressor(step_delay=args.step_delay), train, val)
+    finally:  # on SIGTERM, Lightning ends `fit` with SIGTERMException (exit status 0)
+        if checkpoints.preempted:
+            print(f"preempted: saved {checkpoints.last_model_path}; stopping", flush=True)
     if not report.started:  # restored a finished run: Lightning had nothing left to train
         print(f"run in {args.dir} already complete at step {trainer.global_step}", flush=True)
         return

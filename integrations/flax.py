@@ -34,6 +34,7 @@ from flax import nnx
 from ckpt_core import CheckpointManager
 from ckpt_core._options import check_bool, check_int, check_seconds
 from ckpt_core.manager import on_existing_from_flags
+from ckpt_core.signals import check_save_on_signals
 
 __all__ = ["CkptHook"]
 
@@ -54,6 +55,8 @@ class CkptHook:
         for step in range(hook.start_step, total_steps):
             state, metrics = train_step(state, batch)
             hook(step, state, metrics=metrics, force=step == total_steps - 1)
+            if hook.preempted:  # with save_on_signals: saved, now stop
+                break
         hook.close()
 
     The checkpoint of step `s` holds the state after the loop body of step `s` ran, so a
@@ -77,7 +80,8 @@ class CkptHook:
             as the given state's leading axis (or `replicate_to`).
         replicate_to: on restore (also of a fresh state), broadcast every leaf onto the first
             N local devices with a leading axis of size N, like `flax.jax_utils.replicate`.
-        save_on_signals: signals (e.g. `signal.SIGTERM`) after which the next call saves.
+        save_on_signals: signals (e.g. `(signal.SIGTERM,)`, or one signal) after which the
+            next call saves, whatever the step; `preempted` is then True: stop the loop.
         storage_options: fsspec options for URL directories.
 
     Raises:
@@ -103,7 +107,7 @@ class CkptHook:
         format: Any = "orbax",
         unreplicate: bool = False,
         replicate_to: int | None = None,
-        save_on_signals: Iterable[int] = (),
+        save_on_signals: Iterable[int] | int | None = (),
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         on_existing = on_existing_from_flags(resume, overwrite, caller="CkptHook")
@@ -112,6 +116,7 @@ class CkptHook:
         check_seconds("every_n_seconds", every_n_seconds)
         check_bool("unreplicate", unreplicate)
         check_int("replicate_to", replicate_to, minimum=1, none="no broadcast", example=1)
+        signals = check_save_on_signals(save_on_signals, caller="CkptHook")
         if replicate_to is not None and not 1 <= replicate_to <= jax.local_device_count():
             raise ValueError(
                 f"CkptHook(replicate_to={replicate_to}) but this process has "
@@ -130,7 +135,7 @@ class CkptHook:
             keep_best=keep_best,
             save_interval_steps=every_n_steps,
             save_interval_secs=every_n_seconds,
-            save_on_signals=tuple(save_on_signals),
+            save_on_signals=signals,
             on_existing=on_existing,
             format=format,
             async_save=async_save,
@@ -145,6 +150,12 @@ class CkptHook:
     def start_step(self) -> int:
         """The first loop step to run: 0 on a fresh run, the latest saved step + 1 on resume."""
         return self._start_step
+
+    @property
+    def preempted(self) -> bool:
+        """True once a signal in `save_on_signals` arrived and the save it triggered is
+        committed (also with `async_save`): break out of the loop, then `close()`."""
+        return self.manager.preempted
 
     @property
     def is_complete(self) -> bool:

@@ -54,6 +54,7 @@ import numpy as np
 from ckpt_core import CheckpointManager, StructureMismatchError
 from ckpt_core._options import check_bool, check_mapping, describe
 from ckpt_core.manager import on_existing_from_flags
+from ckpt_core.signals import check_save_on_signals
 
 __all__ = [
     "Agent",
@@ -110,6 +111,9 @@ class RunnerConfig:
         metric_window: how many of the most recent episodes the episode metrics average.
         storage_options: fsspec options (endpoint, credentials) for a URL `checkpoint_dir`;
             never written to disk.
+        save_on_signals: signals (e.g. `(signal.SIGTERM,)`, or one signal) after which the
+            run checkpoints at the next episode boundary (a step named by its exact timestep)
+            and stops: `run` returns a result with `preempted=True`, `hook.done` turns True.
 
     Raises:
         ValueError: a count is not a positive int, `resume` and `overwrite` are both set, or
@@ -128,8 +132,11 @@ class RunnerConfig:
     best_mode: str = "max"
     metric_window: int = 100
     storage_options: Mapping[str, Any] | None = dataclasses.field(default=None, repr=False)
+    save_on_signals: Iterable[int] | int | None = ()
 
     def __post_init__(self) -> None:
+        signals = check_save_on_signals(self.save_on_signals, caller="RunnerConfig")
+        object.__setattr__(self, "save_on_signals", signals)  # frozen: store the checked tuple
         _check_int("total_timesteps", self.total_timesteps, 1, "50_000")
         _check_int("checkpoint_interval", self.checkpoint_interval, 1, "5_000 (timesteps)")
         _check_int("max_checkpoints", self.max_checkpoints, 1, "5 (None keeps all)", optional=True)
@@ -230,6 +237,8 @@ class RunResult:
         timesteps: env steps taken over the whole run.
         resumed_from: the checkpoint step this process continued from, or None.
         was_complete: the run was already complete in `checkpoint_dir`; nothing was trained.
+        preempted: a signal in `save_on_signals` stopped the run early, after its checkpoint
+            was committed; run it again with `resume=True` to continue.
     """
 
     episode_returns: list[float]
@@ -237,6 +246,7 @@ class RunResult:
     timesteps: int
     resumed_from: int | None = None
     was_complete: bool = False
+    preempted: bool = False
 
     @property
     def episodes(self) -> int:
@@ -348,7 +358,9 @@ class CkptRunnerHook:
         result = hook.end()                       # final checkpoint, mark_complete, close
 
     If the run in `checkpoint_dir` is already complete, `begin` loads the final agent state,
-    returns `(None, {})` and `done` is True at once; `end()` returns the stored result.
+    returns `(None, {})` and `done` is True at once; `end()` returns the stored result. With
+    `RunnerConfig(save_on_signals=...)`, `done` also turns True once the checkpoint a signal
+    triggered is committed (`preempted`); `end()` then only closes, leaving the run resumable.
 
     Args:
         config: the run's `RunnerConfig`.
@@ -379,6 +391,7 @@ class CkptRunnerHook:
         self._metric_sums: dict[str, float] = {}
         self._metric_counts: dict[str, int] = {}
         self._started = False
+        self._preempted = False  # remembered once the manager is closed
         self._result: RunResult | None = None
         # Bound methods per event, found once: `on_step` runs every env step.
         self._handlers: dict[str, list[Callable[..., Any]]] = {
@@ -392,8 +405,19 @@ class CkptRunnerHook:
 
     @property
     def done(self) -> bool:
-        """True once `total_timesteps` were taken, or the stored run was already complete."""
-        return self.was_complete or self.timesteps >= self.config.total_timesteps
+        """True once `total_timesteps` were taken, the stored run was already complete, or
+        the run was preempted (see `preempted`)."""
+        return self.was_complete or self.preempted or self._finished
+
+    @property
+    def _finished(self) -> bool:
+        return self.timesteps >= self.config.total_timesteps
+
+    @property
+    def preempted(self) -> bool:
+        """True once a signal in `save_on_signals` arrived and its checkpoint, taken at the
+        next episode boundary, is committed: the loop stops and `end()` only closes."""
+        return (self.manager is not None and self.manager.preempted) or self._preempted
 
     @property
     def episodes(self) -> int:
@@ -484,9 +508,13 @@ class CkptRunnerHook:
                 "stop stepping once hook.done is True or after end()."
             )
         if self.done:
+            what = (
+                "was preempted (its checkpoint is committed)"
+                if self.preempted
+                else f"already took its {self.config.total_timesteps} timesteps"
+            )
             raise RuntimeError(
-                f"CkptRunnerHook.step(): the run already took its {self.config.total_timesteps} "
-                "timesteps. HINT: loop `while not hook.done:`."
+                f"CkptRunnerHook.step(): the run {what}. HINT: loop `while not hook.done:`."
             )
         self.timesteps += 1
         self._episode_return += float(reward)
@@ -505,12 +533,14 @@ class CkptRunnerHook:
         self._episode_return, self._episode_length = 0.0, 0
         for handler in self._handlers["on_episode_end"]:
             handler(self, episode_return, length)
-        if self.manager is not None and not self.done:
+        if self.manager is not None and not self._finished:
             step = (
                 self.timesteps // self.config.checkpoint_interval * self.config.checkpoint_interval
             )
             if step > self._last_step:
                 self._save(step)
+            elif self.manager.preemption_signal is not None:
+                self._save(self.timesteps)  # named by its timestep: between two interval steps
         return True
 
     def end(self) -> RunResult:
@@ -528,7 +558,7 @@ class CkptRunnerHook:
         if not self._started:
             raise RuntimeError("CkptRunnerHook.end() before begin(). HINT: call begin(env, agent).")
         try:
-            if self.manager is not None and self.done and not self.was_complete:
+            if self.manager is not None and self._finished and not self.was_complete:
                 self._save(self.timesteps, final=True)
                 self.manager.mark_complete()
         finally:
@@ -539,6 +569,7 @@ class CkptRunnerHook:
             timesteps=self.timesteps,
             resumed_from=self.resumed_from,
             was_complete=self.was_complete,
+            preempted=self.preempted and not self._finished,  # not if the last step came first
         )
         for handler in self._handlers["on_end"]:
             handler(self, self._result)
@@ -548,6 +579,7 @@ class CkptRunnerHook:
         """Close the checkpoint manager without saving (what an aborted run does)."""
         if self.manager is not None:
             manager, self.manager = self.manager, None
+            self._preempted = manager.preempted
             manager.close()
 
     def __enter__(self) -> CkptRunnerHook:
@@ -576,6 +608,7 @@ class CkptRunnerHook:
             on_existing=on_existing,
             format="tree",
             storage_options=dict(c.storage_options) if c.storage_options else None,
+            save_on_signals=c.save_on_signals,
         )
 
     def _run_metadata(self) -> dict[str, Any]:

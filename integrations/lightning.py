@@ -23,7 +23,7 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from ckpt_core import (
@@ -43,6 +43,7 @@ from ckpt_core import (
 )
 from ckpt_core._options import check_bool, check_int, check_mapping, check_seconds, describe
 from ckpt_core.manager import on_existing_from_flags
+from ckpt_core.signals import check_save_on_signals
 
 __all__ = ["CkptCallback"]
 
@@ -186,6 +187,11 @@ class CkptCallback(ModelCheckpoint):
         overwrite: delete the checkpoints already in `dirpath` and start over.
         async_save: write in a background thread; training stalls only for a memory copy.
         storage_options: passed to fsspec for URL directories (endpoint, credentials).
+        save_on_signals: signals (e.g. `(signal.SIGTERM,)`, or one signal) after which the
+            next batch end saves, whatever the triggers, and the trainer stops
+            (`trainer.should_stop`; for SIGTERM Lightning itself then raises its
+            `SIGTERMException`, a `SystemExit` with status 0, once the save is committed).
+            `preempted` says so afterwards.
 
     Raises:
         ValueError: conflicting or out-of-range arguments; each message says how to fix them.
@@ -196,6 +202,7 @@ class CkptCallback(ModelCheckpoint):
         best_k_models: payload file -> score of the checkpoints kept for their rank.
         last_model_path: the payload file of the latest checkpoint ("").
         resumed_step: the global step `fit` resumed from, or None.
+        preempted: a signal in `save_on_signals` stopped the last `fit` after its save.
 
     With neither `resume` nor `overwrite`, `fit` raises `ckpt_core.CheckpointExistsError` when
     `dirpath` already holds checkpoints, rather than mixing two runs. `trainer.fit(model,
@@ -233,6 +240,7 @@ class CkptCallback(ModelCheckpoint):
         overwrite: bool = False,
         async_save: bool = False,
         storage_options: dict[str, Any] | None = None,
+        save_on_signals: Iterable[int] | int | None = (),
     ) -> None:
         # ModelCheckpoint.__init__ is deliberately not called: this class subclasses it only so
         # that Lightning's `ckpt_path="last"` resolution asks it for its last checkpoint (see
@@ -266,6 +274,7 @@ class CkptCallback(ModelCheckpoint):
         ):
             check_bool(name, flag)
         check_mapping("storage_options", storage_options)
+        self.save_on_signals = check_save_on_signals(save_on_signals, caller="CkptCallback")
         if every_n_train_steps is None and every_n_epochs is None and train_time_interval is None:
             every_n_epochs = 1
         if isinstance(train_time_interval, (int, float)):
@@ -286,6 +295,7 @@ class CkptCallback(ModelCheckpoint):
         self.async_save = async_save
         self.storage_options = storage_options
         self.resumed_step: int | None = None
+        self.preempted = False
         # Options forwarded to every manager opened on `dirpath`, writer or reader, so that both
         # rank checkpoints the same way. save_top_k=-1 ("all") becomes a K no run reaches.
         keep_best = 0 if self.save_top_k is None else self.save_top_k
@@ -406,6 +416,7 @@ class CkptCallback(ModelCheckpoint):
             self._last_requested = False
             return
         self.resumed_step = None
+        self.preempted = False
         self._due_at_epoch_end = None
         self._validation_ran = False
         continuing = self._last_requested or self._opened_before
@@ -447,6 +458,7 @@ class CkptCallback(ModelCheckpoint):
                     self.dirpath,
                     on_existing=on_existing,
                     async_save=self.async_save,
+                    save_on_signals=self.save_on_signals,  # the writer only: readers don't save
                     **self._manager_options,
                 )
             except Exception as e:  # raised below, after the other ranks were told
@@ -516,6 +528,10 @@ class CkptCallback(ModelCheckpoint):
     ) -> None:
         if self._skip(trainer) or trainer.global_step == 0:
             return
+        if self._preemption_due(trainer):
+            self._save(trainer, trigger="preemption", check_monitor=False)
+            self._stop_after_preemption(trainer)
+            return
         trigger = None
         if self.every_n_train_steps is not None:
             if trainer.global_step % self.every_n_train_steps == 0:
@@ -543,7 +559,10 @@ class CkptCallback(ModelCheckpoint):
             and (trainer.current_epoch + 1) % self._every_n_epochs == 0
         ):
             trigger = "every_n_epochs"
-        if trigger is not None and not self._skip(trainer):
+        if self._preemption_due(trainer) and not self._skip(trainer):
+            self._save(trainer, trigger="preemption", at_epoch_end=True, check_monitor=False)
+            self._stop_after_preemption(trainer)
+        elif trigger is not None and not self._skip(trainer):
             self._save(trainer, trigger=trigger, at_epoch_end=True)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -553,6 +572,8 @@ class CkptCallback(ModelCheckpoint):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # The final state is always the last checkpoint, whatever the trigger; the run is then
         # marked complete (resuming it again restores this state and trains no further).
+        if self.preempted:  # stopped early: the run is not complete, a resume continues it
+            return
         if not self._skip(trainer) and trainer.global_step > 0:
             self._save(trainer, trigger="train_end", at_epoch_end=True)
         if self._manager is not None:
@@ -562,15 +583,23 @@ class CkptCallback(ModelCheckpoint):
         self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
     ) -> None:
         try:
+            # Lightning's SIGTERM handling raised at a batch or epoch end that came before ours.
+            preempting = (
+                isinstance(exception, SIGTERMException)
+                and self._manager is not None
+                and self._manager.preemption_signal is not None
+            )
             if (
-                self.save_on_exception
+                (self.save_on_exception or preempting)
                 and self._manager is not None
                 and trainer.state.fn == "fit"
                 and trainer.global_step > 0
                 and self._last_saved_step != trainer.global_step
             ):
                 # No barrier: the other ranks may never reach it after this rank failed.
-                self._save(trainer, trigger="exception", check_monitor=False, barrier=False)
+                trigger = "preemption" if preempting else "exception"
+                self._save(trainer, trigger=trigger, check_monitor=False, barrier=False)
+            self.preempted = self.preempted or preempting
             self._close_writer()
         except Exception as e:  # never hide the exception that stopped training
             exception.add_note(f"CkptCallback: the checkpoint on exception failed: {e!r}")
@@ -580,6 +609,24 @@ class CkptCallback(ModelCheckpoint):
         if stage == "fit":
             self._close_writer()
         self._pending_rng = None
+
+    def _preemption_due(self, trainer: Trainer) -> bool:
+        """A signal in `save_on_signals` arrived on global rank 0 (the one that saves)."""
+        if not self.save_on_signals:
+            return False
+        due = self._manager is not None and self._manager.preemption_signal is not None
+        if trainer.world_size > 1:  # every rank must stop at the same batch
+            due = trainer.strategy.broadcast(due, src=0)
+        return due
+
+    def _stop_after_preemption(self, trainer: Trainer) -> None:
+        # The save above is committed (the core waits for a preemption save, also async).
+        self.preempted = True
+        trainer.should_stop = True
+        rank_zero_info(
+            f"CkptCallback: preempted by a signal; step {trainer.global_step} is saved in "
+            f"{self.dirpath}; stopping. Run again with resume=True to continue."
+        )
 
     def _metrics(self, trainer: Trainer, *, check_monitor: bool) -> dict[str, float]:
         metrics = {**self._carried_metrics, **_numeric_metrics(trainer.callback_metrics)}

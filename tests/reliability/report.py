@@ -59,8 +59,10 @@ FAULTS = {
     ),
     "SIGTERM preemption": (
         "`save_on_signals=(SIGTERM,)`: a subprocess training loop receives SIGTERM after step "
-        "K and must save step K+1 and exit by itself; resumed, it must end with the same "
-        "weights, bit for bit, as an uninterrupted run."
+        "K and must save step K+1, stop on `preempted` and exit 0 by itself; resumed, it must "
+        "end with the same weights, bit for bit, as an uninterrupted run. The same for each "
+        "adapter: a Flax `CkptHook` loop, `integrations.gym.run` (saved at the next episode "
+        "end) and a Lightning `Trainer` (SIGTERM, and SIGUSR1 through `trainer.should_stop`)."
     ),
     "hostile manifest": (
         "Hypothesis-built hostile steps (manifests with wrong types, huge numbers, unknown "
