@@ -135,7 +135,9 @@ def restore_refusal(state: Any) -> Refusal | None:
     return _refusal_of(*_narrow(torch, state, (), reason))
 
 
-_PLAIN_SCALARS = (str, int, float, bool, bytes, type(None))
+# Not bytes: b"" pickles as a call of `bytes`, which weights_only refuses. Not every int:
+# one of 256 bytes or more pickles with an opcode (LONG4) it does not read.
+_PLAIN_SCALARS = (str, float, bool, type(None))
 
 
 def _plainly_restorable(torch: Any, node: Any) -> bool:
@@ -143,6 +145,8 @@ def _plainly_restorable(torch: Any, node: Any) -> bool:
     kind = type(node)
     if kind in _PLAIN_SCALARS or kind in (torch.dtype, torch.device, torch.Size):
         return True
+    if kind is int:
+        return node.bit_length() < 2000
     if kind is list or kind is tuple:
         return all(_plainly_restorable(torch, child) for child in node)
     if kind is dict or kind is collections.OrderedDict:  # a state_dict's `_metadata` is state

@@ -130,6 +130,18 @@ def test_what_weights_only_takes_beyond_plain_tensors_is_saved(run_dir):
         assert back["dtype"] is torch.float16 and back["size"] == torch.Size([2, 3])
 
 
+def test_plain_values_weights_only_still_refuses(run_dir):
+    """Found by tests/reliability/test_restorable_states.py: b"" pickles as a call of `bytes`
+    and an int of 256 bytes or more with LONG4; torch.load(weights_only=True) takes neither,
+    though it takes b"x" and smaller ints."""
+    with CheckpointManager(run_dir, format="torch") as mgr:
+        for refused in (b"", 2**2040):
+            with pytest.raises(TypeError, match="'v'"):
+                mgr.save(1, {"w": torch.ones(1), "v": refused})
+        mgr.save(2, {"w": torch.ones(1), "v": [b"x", 2**2000]})
+        assert mgr.restore(2)["v"] == [b"x", 2**2000]
+
+
 def test_the_check_runs_past_what_it_cannot_rebuild_without_data(run_dir):
     # a quantized tensor cannot be rebuilt on the meta device: the Path after it is still found
     state = {
