@@ -143,24 +143,25 @@ _PLAIN_SCALARS = (str, float, bool, type(None))
 def _plainly_restorable(torch: Any, node: Any) -> bool:
     """Whether `node` holds only what `weights_only` always rebuilds (no class of anyone's)."""
     kind = type(node)
+    if kind is torch.Tensor or kind is torch.nn.Parameter:
+        return (
+            node.layout is torch.strided
+            and (node.is_cpu or node.is_cuda)
+            and not (node.is_quantized or node.is_nested or node.__dict__)
+        )
     if kind in _PLAIN_SCALARS or kind in (torch.dtype, torch.device, torch.Size):
         return True
     if kind is int:
         return node.bit_length() < 2000
     if kind is list or kind is tuple:
-        return all(_plainly_restorable(torch, child) for child in node)
-    if kind is dict or kind is collections.OrderedDict:  # a state_dict's `_metadata` is state
-        return all(
-            _plainly_restorable(torch, k) and _plainly_restorable(torch, v)
-            for items in (node.items(), vars(node).items() if kind is not dict else ())
-            for k, v in items
-        )
-    if kind is torch.Tensor or kind is torch.nn.Parameter:
-        return (
-            node.layout is torch.strided
-            and node.device.type in ("cpu", "cuda")
-            and not (node.is_quantized or node.is_nested or node.__dict__)
-        )
+        return all([_plainly_restorable(torch, child) for child in node])
+    if kind is dict or kind is collections.OrderedDict:
+        if kind is collections.OrderedDict and not _plainly_restorable(torch, vars(node)):
+            return False  # a state_dict's `_metadata` is pickled with it
+        for key, value in node.items():
+            if not (_plainly_restorable(torch, key) and _plainly_restorable(torch, value)):
+                return False
+        return True
     return False
 
 
