@@ -170,6 +170,8 @@ def _narrow(
 ) -> tuple[tuple[Any, ...], Any, str]:
     """The innermost part of `node` (refused for `reason`) that is refused by itself."""
     for key, child in _tree.children(node) or ():
+        if _plainly_restorable(torch, child):
+            continue
         child_reason = _refusal(torch, child)
         if child_reason is not None:
             return _narrow(torch, child, (*path, key), child_reason)
