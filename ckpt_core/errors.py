@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import re
+
+# Terminal escape sequences (colours, bold) and other control characters that third-party
+# messages (torch's, for one) carry; newlines and tabs stay.
+_TERMINAL_CODES = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def plain_text(text: str) -> str:
+    """`text` without terminal escape codes, for messages that quote another library."""
+    return _TERMINAL_CODES.sub("", text)
+
 
 class CheckpointError(Exception):
     """Base class of every error this library raises on purpose."""
+
+    def __str__(self) -> str:
+        # A message may quote a framework's error; it reads the same in a log as in a terminal.
+        return plain_text(super().__str__())
 
 
 class CheckpointExistsError(CheckpointError, FileExistsError):

@@ -7,7 +7,7 @@ import contextvars
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast, runtime_checkable
 
 from .. import _tree
 from ..errors import CheckpointError
@@ -81,17 +81,47 @@ def get_format(name: str) -> Format:
         ) from None
 
 
+PICKLE_HINT = "save with format='pickle' (restore then needs allow_pickle=True)"
+
+
+class Refusal(NamedTuple):
+    """Why a format cannot save a state: the first part it refuses, and a message with the fix."""
+
+    path: str  # of the refused leaf (or container), as `_tree.path_str` writes it
+    found: str  # what is there, e.g. "the pathlib.PosixPath"
+    message: str  # what was found, what the format takes, and a HINT
+
+
 def auto_format(state: Any) -> Format:
-    """`tree` when the state fits it; `torch` for other torch checkpoints; otherwise an error."""
+    """`tree` when the state fits it; `torch` for other torch checkpoints that
+    `torch.load(weights_only=True)` gives back; otherwise an error naming the leaf and the fix.
+
+    Raises:
+        TypeError: neither format can save `state` so that it restores.
+    """
     _load_builtin_formats()
     for name in ("tree", "torch"):
         if _REGISTRY[name].accepts(state):
             return _REGISTRY[name]
-    try:
-        list(_tree.iter_leaves(state))
-    except TypeError as e:
-        raise TypeError(f"format='auto' cannot store this state: {e}") from None
-    raise TypeError("format='auto' found no format for this state; HINT: pass format='pickle'.")
+    from .torch import restore_refusal
+    from .tree import storable_refusal
+
+    problem = "cannot save this state"
+    tree_says = storable_refusal(state) or Refusal("", "", "the tree format refused it.")
+    torch_says = restore_refusal(state) if has_torch_tensor(state) else None
+    if torch_says is None:
+        raise TypeError(f"format='auto' {problem}: {tree_says.message}")
+    if torch_says.path == tree_says.path:  # one culprit: the torch message names every fix
+        raise TypeError(f"format='auto' {problem}: {torch_says.message}")
+    raise TypeError(
+        f"format='auto' {problem}: {tree_says.message} (Nor can the torch format: "
+        f"torch.load(weights_only=True) would refuse {torch_says.found} at {torch_says.path!r}.)"
+    )
+
+
+def has_torch_tensor(state: Any) -> bool:
+    """Whether any leaf of `state` is a torch tensor (the torch format's domain)."""
+    return any(_tree.is_torch_tensor(leaf) for _, leaf in _tree.iter_leaves_lenient(state))
 
 
 def resolve_format(fmt: str | Format, state: Any) -> Format:
@@ -210,10 +240,19 @@ def host_copy(x: Any) -> Any:
     if _tree.is_numpy(x):
         return buffers.copy(x) if buffers is not None and x.ndim else x.copy()
     if _tree.is_torch_tensor(x):
-        return buffers.copy(x) if buffers is not None else x.detach().to("cpu", copy=True)
+        if buffers is not None and _is_dense_tensor(x):
+            return buffers.copy(x)
+        return x.detach().to("cpu", copy=True)  # sparse and quantized tensors too
     if _tree.is_jax_array(x):
         return jax_pinned(x)
     return x
+
+
+def _is_dense_tensor(x: Any) -> bool:
+    """A tensor a plain buffer can hold: strided, not quantized (a sparse one is not)."""
+    import torch
+
+    return x.layout is torch.strided and not x.is_quantized
 
 
 _ACTIVE_BUFFERS: contextvars.ContextVar[SnapshotBuffers | None] = contextvars.ContextVar(

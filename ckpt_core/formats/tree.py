@@ -19,7 +19,15 @@ import numpy as np
 from .. import _tree
 from ..errors import CheckpointError, CorruptCheckpointError
 from ..storage import StepWriter
-from .base import StepReader, convert_to_like, host_copy, jax_pinned, register_format
+from .base import (
+    PICKLE_HINT,
+    Refusal,
+    StepReader,
+    convert_to_like,
+    host_copy,
+    jax_pinned,
+    register_format,
+)
 
 ARRAYS_FILE = "arrays.safetensors"
 STRUCTURE_FILE = "tree.json"
@@ -94,12 +102,8 @@ def _encode(node: Any, path: tuple[Any, ...], out: Encoded, taken: set[str], cop
     if isinstance(node, bytes):
         return {"t": "bytes", "v": base64.b64encode(node).decode()}
     if isinstance(node, dict):
-        for k in node:
-            if not isinstance(k, str | int) or isinstance(k, bool):
-                raise TypeError(
-                    f"the tree format stores dict keys that are str or int; {_tree.path_str(path)!r} "
-                    f"has key {k!r} of type {type(k).__qualname__}. HINT: use format='pickle'."
-                )
+        if (problem := _key_refusal(node, path)) is not None:
+            raise TypeError(problem)
         return {
             "t": "dict",
             "k": list(node),
@@ -124,6 +128,8 @@ def _encode_array(
     node: Any, path: tuple[Any, ...], out: Encoded, taken: set[str], copy: bool
 ) -> Any:
     name = _tree.path_str(path)
+    if (problem := _array_refusal(node, name)) is not None:
+        raise TypeError(problem)
     while name in taken:  # only when int and str keys of one dict print alike
         name += "#"
     taken.add(name)
@@ -153,13 +159,7 @@ def _encode_array(
             arr = arr.astype(arr.dtype.newbyteorder("="))
         data = host_copy(arr) if copy and arr is node else arr
         dtype_name = arr.dtype.name
-    code = _CODES.get(dtype_name)
-    if code is None:
-        raise TypeError(
-            f"the tree format cannot store dtype {dtype_name} (at {name!r}); it stores "
-            f"{sorted(_CODES)}. HINT: cast the array, or use format='pickle'."
-        )
-    out.arrays.append(_Array(name, code, tuple(int(d) for d in data.shape), data))
+    out.arrays.append(_Array(name, _CODES[dtype_name], tuple(int(d) for d in data.shape), data))
     return doc
 
 
@@ -205,11 +205,7 @@ class TreeFormat:
     main_file = "arrays.safetensors"
 
     def accepts(self, state: Any) -> bool:
-        try:
-            _check_storable(state)
-        except TypeError:
-            return False
-        return True
+        return storable_refusal(state) is None
 
     def snapshot(self, state: Any) -> Encoded:
         return encode(state, copy=True)
@@ -260,22 +256,88 @@ class TreeFormat:
         return _tree.rebuild_like(like, lambda p, leaf: _from_saved(saved, targets, p, leaf))
 
 
-def _check_storable(node: Any) -> None:
-    """What `encode` checks, without touching any array memory (for `format="auto"`)."""
+def storable_refusal(node: Any, path: tuple[Any, ...] = ()) -> Refusal | None:
+    """The first leaf or dict key of `node` that `encode` would refuse, with a message saying
+    what was found and the fix; None if the tree format stores `node`.
+
+    Touches no array memory (for `format="auto"`).
+    """
+    where = _tree.path_str(path)
+    found = f"the {type(node).__qualname__}"
     kids = _tree.children(node)
     if kids is None:
         if not _tree.is_leaf(node):
-            raise TypeError(type(node))
-        d = _tree.describe_leaf(node)
-        if d is not None and not d[0].startswith("key<") and d[0] not in _CODES:
-            raise TypeError(d[0])
-        return
-    if isinstance(node, dict) and not all(
-        isinstance(k, str | int) and not isinstance(k, bool) for k in node
-    ):
-        raise TypeError("dict keys")
-    for _, child in kids:
-        _check_storable(child)
+            try:
+                list(_tree.iter_leaves(node, path))
+            except TypeError as e:  # the descriptive message of an object it cannot store
+                return Refusal(where, found, str(e))
+        if _tree.is_array(node) and (problem := _array_refusal(node, where)) is not None:
+            return Refusal(where, found, problem)
+        return None
+    if isinstance(node, dict) and (problem := _key_refusal(node, path)) is not None:
+        return Refusal(where, f"a key of the {type(node).__qualname__}", problem)
+    for key, child in kids:
+        if (refused := storable_refusal(child, (*path, key))) is not None:
+            return refused
+    return None
+
+
+def _key_refusal(node: dict[Any, Any], path: tuple[Any, ...]) -> str | None:
+    for k in node:
+        if not isinstance(k, str | int) or isinstance(k, bool):
+            return (
+                f"the tree format stores dict keys that are str or int; {_tree.path_str(path)!r} "
+                f"has key {_short_repr(k)} of type {type(k).__qualname__}. HINT: use str keys, "
+                f"format='torch' for a torch checkpoint, or {PICKLE_HINT}."
+            )
+    return None
+
+
+_STORED_DTYPES = "bool, (u)int8 to (u)int64, float16/32/64, bfloat16 and float8"
+
+
+def _array_refusal(node: Any, name: str) -> str | None:
+    """Why the tree format cannot store the array leaf `node` at `name`: what was found, what
+    it stores, and the fix; None when it can."""
+    if _tree.is_torch_tensor(node):
+        kind, cast = "torch tensor", ".float()"
+        layout = str(node.layout).removeprefix("torch.")
+        if layout != "strided":  # sparse, mkldnn: no flat buffer of values
+            return (
+                f"the tree format cannot store the {layout} torch tensor at {name!r}: it stores "
+                f"dense (strided) arrays. HINT: save its .to_dense() (or its indices and values), "
+                f"use format='torch', or {PICKLE_HINT}."
+            )
+        if node.is_meta:
+            return (
+                f"the torch tensor at {name!r} is on the meta device: it has no values to save. "
+                "HINT: materialise it (e.g. module.to_empty(device='cpu'), then load or "
+                "initialise the weights) before saving."
+            )
+        dtype = str(node.dtype).removeprefix("torch.")
+    elif _tree.is_jax_array(node):
+        kind, cast, dtype = "jax array", ".astype('float32')", str(node.dtype)
+        if _tree.is_jax_key(node):
+            return None
+    else:  # numpy; the name ignores the byte order, which `encode` makes native
+        kind, cast, dtype = "numpy array", ".astype('float32')", np.asarray(node).dtype.name
+    if dtype in _CODES:
+        return None
+    if "complex" in dtype:
+        fix = "save its .real and .imag as two float arrays"
+    elif dtype in ("object", "str", "bytes") or dtype.startswith(("str", "bytes", "void")):
+        fix = "convert it to a numeric array, or to a list of numbers and strings"
+    else:
+        fix = f"cast it to one of those (e.g. {cast})"
+    return (
+        f"the tree format cannot store the {dtype} {kind} at {name!r}: it stores "
+        f"{_STORED_DTYPES}. HINT: {fix}, or {PICKLE_HINT}."
+    )
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def read_structure(reader: StepReader) -> Any:
