@@ -104,7 +104,8 @@ class CheckpointManager:
         read_only: open only to inspect and restore; any write raises.
         format: "auto", "tree", "torch", "orbax", "pickle", or a `Format` object.
         async_save: `save` returns once a host copy is taken; a background thread writes.
-        allow_pickle: allow restoring `pickle` steps (unpickling can run code).
+        allow_pickle: allow restoring `pickle` steps (unpickling can run code); a manager
+            that writes with `format="pickle"` needs it, so it can read back what it saves.
         storage_options: passed to fsspec for URL directories; never written to disk.
 
     Raises:
@@ -154,11 +155,23 @@ class CheckpointManager:
             check_bool(name, flag)
         check_mapping("storage_options", storage_options)
         if isinstance(format, str) and format != "auto":
-            get_format(format)  # unknown names fail here, not at the first save
-        elif not isinstance(format, str | Format):
+            chosen: Format | None = get_format(format)  # unknown names fail here, not at save
+        elif isinstance(format, Format):
+            chosen = format
+        elif format == "auto":
+            chosen = None
+        else:
             raise TypeError(
                 f"format must be a name or a Format object, got {format!r}; a Format needs a "
                 "`name` and the methods accepts, snapshot, write and read."
+            )
+        if chosen is not None and chosen.name == "pickle" and not (read_only or allow_pickle):
+            # Every step this manager commits must come back with its own options.
+            raise ValueError(
+                "CheckpointManager(format='pickle') writes steps that only allow_pickle=True can "
+                "restore, so this manager could not read back what it saves. HINT: pass "
+                "allow_pickle=True if you trust whoever writes this directory, or use "
+                "format='tree' or 'torch', which never unpickle."
             )
         self._format = format
         self._save_interval_steps = save_interval_steps

@@ -105,7 +105,7 @@ def _warm_up(fmt: str) -> None:
 
     scratch = tempfile.mkdtemp(prefix="ckpt-warm-")
     try:
-        with CheckpointManager(scratch, format=fmt) as mgr:
+        with CheckpointManager(scratch, format=fmt, allow_pickle=True) as mgr:
             mgr.save(0, expected_state(0, fmt))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -135,6 +135,7 @@ def child(directory: str, fmt: str, mode: str, on_existing: str, scenario: str =
     mgr = CheckpointManager(
         directory,
         format=fmt,
+        allow_pickle=True,
         async_save=(mode == "async"),
         on_existing=on_existing,
         **scenario_options(scenario),
@@ -252,7 +253,7 @@ def check_directory(
     from ckpt_core import CheckpointManager
 
     problems: list[str] = []
-    with CheckpointManager(directory, on_existing="resume", format=fmt) as mgr:
+    with CheckpointManager(directory, on_existing="resume", format=fmt, allow_pickle=True) as mgr:
         leftovers = [
             p.name
             for p in directory.iterdir()

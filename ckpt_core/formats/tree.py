@@ -308,12 +308,6 @@ def _array_refusal(node: Any, name: str) -> str | None:
                 f"dense (strided) arrays. HINT: save its .to_dense() (or its indices and values), "
                 f"use format='torch', or {PICKLE_HINT}."
             )
-        if node.is_meta:
-            return (
-                f"the torch tensor at {name!r} is on the meta device: it has no values to save. "
-                "HINT: materialise it (e.g. module.to_empty(device='cpu'), then load or "
-                "initialise the weights) before saving."
-            )
         dtype = str(node.dtype).removeprefix("torch.")
     elif _tree.is_jax_array(node):
         kind, cast, dtype = "jax array", ".astype('float32')", str(node.dtype)

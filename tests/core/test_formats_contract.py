@@ -210,10 +210,15 @@ def test_corruption_is_detected_and_names_the_file(run_dir, case, damage):
 
 def test_pickle_refuses_without_allow_pickle(run_dir):
     state = {"obj": {1, 2, 3}}
-    with CheckpointManager(run_dir, format="pickle") as mgr:
+    # A writer must be able to read back what it writes: no pickle writer without allow_pickle.
+    with pytest.raises(ValueError, match="allow_pickle=True"):
+        CheckpointManager(run_dir, format="pickle")
+    with CheckpointManager(run_dir, format="pickle", allow_pickle=True) as mgr:
         mgr.save(1, state)
+        assert mgr.restore() == state
+    with CheckpointManager(run_dir, read_only=True) as reader:
         with pytest.raises(UnsafeFormatError, match="allow_pickle=True"):
-            mgr.restore()
+            reader.restore()
     save_checkpoint(run_dir / "one", state, format="pickle")
     with pytest.raises(UnsafeFormatError):
         load_checkpoint(run_dir / "one")

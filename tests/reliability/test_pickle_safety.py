@@ -104,7 +104,9 @@ def test_malicious_payload_is_refused_and_never_runs(tmp_path, tally, capsys, ca
         mgr.save(1, {"w": np.ones(2)})
     step = run / "step_00000002"
     if case == "manager pickle step":
-        with CheckpointManager(run, format="pickle", on_existing="resume") as mgr:
+        with CheckpointManager(
+            run, format="pickle", allow_pickle=True, on_existing="resume"
+        ) as mgr:
             mgr.save(2, {"w": Malicious(marker)})
     elif case == "planted pickle step":
         plant(step, "pickle", "state.pkl.zst", pickle_payload(marker))
@@ -130,7 +132,7 @@ def test_malicious_payload_is_refused_and_never_runs(tmp_path, tally, capsys, ca
 def test_positive_control_with_allow_pickle_the_payload_runs(tmp_path, tally, case):
     run, marker = tmp_path / "run", tmp_path / "PWNED"
     if case == "manager pickle step":
-        with CheckpointManager(run, format="pickle") as mgr:
+        with CheckpointManager(run, format="pickle", allow_pickle=True) as mgr:
             mgr.save(2, {"w": Malicious(marker)})
     else:
         plant(run / "step_00000002", "pickle", "state.pkl.zst", pickle_payload(marker))
