@@ -70,6 +70,7 @@ import numpy as np
 
 from ckpt_core import CheckpointManager, StructureMismatchError
 from ckpt_core.manager import on_existing_from_flags
+from ckpt_core.optimizer_state import complete_optimizer_state
 from ckpt_core.rng import global_rng_state, set_global_rng_state
 
 from . import _gym_envstate
@@ -195,10 +196,11 @@ class Agent(Protocol):
     numbers, strings and None holding *everything* the agent's future behaviour depends on:
     network weights, target networks, optimizer state, replay buffer arrays and their
     cursor, step counters, the agent's own random generators. Its structure, shapes and
-    dtypes must not change during training: preallocate the replay buffer to its capacity
-    and create optimizer state eagerly (torch optimizers create it lazily at their first step,
-    see `examples/agents.py`), because a resumed run restores the checkpoint in the structure
-    of a freshly built agent's `state_dict()` and refuses one that differs.
+    dtypes must not change during training: preallocate the replay buffer to its capacity,
+    because a resumed run restores the checkpoint in the structure of a freshly built agent's
+    `state_dict()` and refuses one that differs. The one exception is filled in by the
+    runner: the per-parameter state torch optimizers create lazily at their first step (a
+    fresh Adam's `state_dict()["state"]` is empty; the checkpoint's moments are restored).
 
     An agent may also carry `observation_space` and `action_space` attributes (Gymnasium
     spaces); the runner then refuses an env whose spaces differ (a vector env's single or
@@ -806,7 +808,7 @@ class CkptRunnerHook:
             torch_rng=bool(meta["torch_rng"]), episodes=int(meta["episodes"]), vector=vector
         )
         try:
-            tree = manager.restore(step, like=like)
+            tree = self._restore_filling_optimizer_state(step, like)
         except StructureMismatchError as e:
             stored_agent = ((manager.run_metadata or {}).get(_META_KEY) or {}).get("agent")
             raise StructureMismatchError(
@@ -814,8 +816,8 @@ class CkptRunnerHook:
                 f"by agent {stored_agent}, and this {type(self._agent).__qualname__}'s "
                 f"state_dict() differs from it. Nothing was changed on disk.\n{e}\n"
                 "HINT: build the agent with the same architecture and buffer sizes as the saving "
-                "run; if only optimizer state differs, create it eagerly in the agent's "
-                "constructor (see Agent); or use a new checkpoint_dir."
+                "run (torch optimizer state created lazily is filled in by itself); or use a "
+                "new checkpoint_dir."
             ) from e
         self._agent.load_state_dict(tree["agent"])
         runner = tree["runner"]
@@ -842,6 +844,18 @@ class CkptRunnerHook:
                 "HINT: a new checkpoint_dir (or overwrite=True) trains again.",
                 stacklevel=3,
             )
+
+    def _restore_filling_optimizer_state(self, step: int, like: Any) -> Any:
+        """Restore into `like`; if only lazily created torch optimizer state is missing from it
+        (a fresh agent's Adam has no moments yet), take that part's structure from the step."""
+        assert self.manager is not None
+        try:
+            return self.manager.restore(step, like=like)
+        except StructureMismatchError as first:
+            like, filled = complete_optimizer_state(like, self.manager.restore(step))
+            if not filled:
+                raise first from None
+            return self.manager.restore(step, like=like)
 
     def _set_rng_states(self, states: Mapping[str, Any]) -> None:
         env = self._env
