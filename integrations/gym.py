@@ -797,10 +797,10 @@ class CkptRunnerHook:
             vector_meta = meta.get("vector") or {}
             if vector_meta.get("num_envs") != self._env.num_envs:
                 raise ValueError(
-                    f"cannot resume from step {step} of {c.checkpoint_dir}: it was saved with "
-                    f"{vector_meta.get('num_envs') or 'a single env'} envs, this env has "
-                    f"{self._env.num_envs} sub-envs. HINT: build the env the way the saving run "
-                    "did, or use a new checkpoint_dir."
+                    f"cannot resume from step {step} of {c.checkpoint_dir}: it was saved from "
+                    f"{vector_meta.get('num_envs') or 'no'} vector sub-envs, this env has "
+                    f"{self._env.num_envs}. HINT: build the env the way the saving run did, or "
+                    "use a new checkpoint_dir."
                 )
             self._inexact_why = vector_meta.get("not_exact")
             vector = self._vector_state("", self._inexact_why is None)
