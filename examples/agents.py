@@ -1,8 +1,9 @@
 """Two small example agents for `integrations.gym`: a torch DQN and a numpy tabular Q-learner.
 
 Both follow the `integrations.gym.Agent` protocol, and both keep `state_dict()` fixed in
-structure from construction on (preallocated replay buffer, eagerly created optimizer
-state), which is what lets a resumed run restore a checkpoint into a freshly built agent.
+structure from construction on (a preallocated replay buffer), which is what lets a resumed
+run restore a checkpoint into a freshly built agent. Adam's state, which torch creates at
+the first step, is the one part the runner fills in by itself on restore.
 torch is imported only when a `DQNAgent` is built, so the tabular agent runs without it.
 """
 
@@ -102,32 +103,6 @@ class TabularQAgent:
         self.steps = int(state["steps"])
 
 
-def init_adam_state(optimizer: Any) -> None:
-    """Create `torch.optim.Adam` state now instead of at its first step.
-
-    Adam fills `optimizer.state` lazily, so a fresh optimizer's `state_dict()` differs in
-    structure from a trained one's. The values set here are exactly those Adam's first step
-    would create (a float32 CPU `step` of 0 and zero moments), so training is unchanged.
-    """
-    import torch
-
-    for group in optimizer.param_groups:
-        if group.get("capturable") or group.get("fused"):
-            raise ValueError(
-                "init_adam_state supports the default Adam (capturable=False, fused=None). "
-                "HINT: construct torch.optim.Adam(params, lr=...) without those options."
-            )
-        for p in group["params"]:
-            state = optimizer.state[p]
-            if state:
-                continue
-            state["step"] = torch.tensor(0.0, dtype=torch.get_default_dtype())
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            if group["amsgrad"]:
-                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-
-
 class DQNAgent:
     """DQN with a replay buffer, a target network and Adam, for Box observations (CartPole).
 
@@ -199,7 +174,6 @@ class DQNAgent:
             )
         self.target = copy.deepcopy(self.q).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.q.parameters(), lr=lr)
-        init_adam_state(self.optimizer)
         self.sampler = torch.Generator().manual_seed(seed)
         self.replay = {
             "obs": np.zeros((buffer_size, obs_dim), dtype=np.float32),

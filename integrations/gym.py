@@ -27,10 +27,26 @@ first episode boundary at or after timestep 10,000 (its exact timestep is in the
 (`total_timesteps`, usually mid-episode) is saved as the last step and the run is marked
 complete; resuming a complete run returns its stored result without training.
 
+Vector envs (`gymnasium.vector.SyncVectorEnv`) reset their sub-envs themselves, so there
+is no moment when all of them are between episodes: a vector run is checkpointed at the first
+step at or after each multiple of `checkpoint_interval` (counting every sub-env's timesteps),
+mid-episode, with each sub-env's state read by name (see `_gym_envstate`: built-in
+classic-control and toy-text envs under gymnasium's default wrappers), the autoreset flags,
+the batched observation the loop acts on next and the open episodes' partial returns. The
+resume then continues exactly. When some sub-env's state cannot be read (another env, a
+wrapper with counters of its own, a vector env without reachable sub-envs), the first such
+save and the resume warn, and the resume re-seeds and resets the env: agent, counters and
+random streams are restored, the unfinished episodes are dropped. `AsyncVectorEnv` is
+refused: its sub-envs live in other processes. Episodes are recorded in the order they end;
+those ending at the same step by sub-env index. In the default `NEXT_STEP` autoreset mode a
+sub-env's step after its episode ended is its reset: it counts as a timestep and reaches
+`learn` (with reward 0), but belongs to no episode.
+
 What a checkpoint holds: `{"agent": agent.state_dict(), "runner": {...}}`, where the runner
 part has the timestep counter, every finished episode's return and length, and every random
 stream: the runner's `numpy.random.Generator` (the one passed to `agent.act`), the env's
-`np_random`, the action space's generators (sub-spaces included), Python's `random` and, when
+(or each sub-env's) `np_random`, the action space's generators (sub-spaces included), Python's
+`random`, numpy's global `np.random` (replay buffers sample from it) and, when
 torch is imported, torch's CPU generator. It is written in the core's `tree` format (arrays
 in safetensors, structure in JSON): replay buffers are stored as arrays and nothing is ever
 pickled.
@@ -38,6 +54,7 @@ pickled.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -54,7 +71,11 @@ import numpy as np
 from ckpt_core import CheckpointManager, StructureMismatchError
 from ckpt_core._options import check_bool, check_mapping, describe
 from ckpt_core.manager import on_existing_from_flags
+from ckpt_core.optimizer_state import complete_optimizer_state
+from ckpt_core.rng import global_rng_state, set_global_rng_state
 from ckpt_core.signals import check_save_on_signals
+
+from . import _gym_envstate
 
 __all__ = [
     "Agent",
@@ -106,7 +127,8 @@ class RunnerConfig:
             of the last `metric_window` episodes), `"episode_length"`, or a key of the mapping
             the agent's `learn` returns (averaged since the previous checkpoint).
         seed: seeds, on a fresh start, the runner's generator, the env (`reset(seed=...)`), its
-            action space, Python's `random` and torch's global generator if torch is imported.
+            action space, Python's `random`, numpy's global `np.random` and torch's global
+            generator if torch is imported.
         best_mode: `"max"` (default: a higher return is better) or `"min"` (e.g. a loss).
         metric_window: how many of the most recent episodes the episode metrics average.
         storage_options: fsspec options (endpoint, credentials) for a URL `checkpoint_dir`;
@@ -193,13 +215,17 @@ class Agent(Protocol):
     numbers, strings and None holding *everything* the agent's future behaviour depends on:
     network weights, target networks, optimizer state, replay buffer arrays and their
     cursor, step counters, the agent's own random generators. Its structure, shapes and
-    dtypes must not change during training: preallocate the replay buffer to its capacity
-    and create optimizer state eagerly (torch optimizers create it lazily at their first step,
-    see `examples/agents.py`), because a resumed run restores the checkpoint in the structure
-    of a freshly built agent's `state_dict()` and refuses one that differs.
+    dtypes must not change during training: preallocate the replay buffer to its capacity,
+    because a resumed run restores the checkpoint in the structure of a freshly built agent's
+    `state_dict()` and refuses one that differs. The one exception is filled in by the
+    runner: the per-parameter state torch optimizers create lazily at their first step (a
+    fresh Adam's `state_dict()["state"]` is empty; the checkpoint's moments are restored).
 
     An agent may also carry `observation_space` and `action_space` attributes (Gymnasium
-    spaces); the runner then refuses an env whose spaces differ.
+    spaces); the runner then refuses an env whose spaces differ (a vector env's single or
+    batched spaces both fit). With a vector env `act` gets and returns arrays batched along the
+    first axis, and `learn` gets batched transitions. `CkptRunnerHook` in a user's own loop
+    needs only `state_dict` and `load_state_dict`.
     """
 
     def act(self, obs: Any, rng: np.random.Generator) -> Any:
@@ -387,6 +413,14 @@ class CkptRunnerHook:
         self._agent: Any = None
         self._episode_return = 0.0
         self._episode_length = 0
+        # Vector envs: per sub-env open-episode return and length, and which sub-envs' next
+        # step is their autoreset (NEXT_STEP mode: no part of any episode).
+        self._vector = False
+        self._vector_returns: Any = None
+        self._vector_lengths: Any = None
+        self._vector_resetting: Any = None
+        self._vector_obs: Any = None  # the batched observation a resume continues from
+        self._inexact_why: str | None = None  # why the vector env's state cannot be saved
         self._last_step = 0  # step (interval label) of the newest checkpoint
         self._metric_sums: dict[str, float] = {}
         self._metric_counts: dict[str, int] = {}
@@ -435,14 +469,16 @@ class CkptRunnerHook:
         """Check env and agent, restore the latest checkpoint or seed everything, reset the env.
 
         Args:
-            env: a single (not vector) Gymnasium env, freshly made.
-            agent: an `Agent`, freshly built (its `state_dict()` is the restore template).
+            env: a Gymnasium env or a `SyncVectorEnv`, freshly made.
+            agent: an object with `state_dict()` (the restore template: build it fresh) and
+                `load_state_dict(state)`.
 
         Returns:
             `(obs, info)` of the first episode to play; `(None, {})` if the run is complete.
 
         Raises:
-            TypeError: `env` is not a single Gymnasium env, or `agent` lacks an Agent method.
+            TypeError: `env` is not a Gymnasium env or is an `AsyncVectorEnv`, or `agent` lacks
+                `state_dict`/`load_state_dict`.
             ValueError: the env's spaces differ from the agent's or from the checkpointed run's.
             CheckpointExistsError: `checkpoint_dir` holds a run and neither resume nor
                 overwrite was requested.
@@ -454,9 +490,14 @@ class CkptRunnerHook:
                 "CkptRunnerHook.begin() was already called. HINT: use one hook per run."
             )
         _check_env(env)
-        _check_agent(agent)
+        _check_agent(agent, ("state_dict", "load_state_dict"))
         _check_agent_spaces(env, agent)
         self._env, self._agent = env, agent
+        self._vector = isinstance(env, gym.vector.VectorEnv)
+        if self._vector:
+            self._vector_returns = np.zeros(env.num_envs)
+            self._vector_lengths = np.zeros(env.num_envs, np.int64)
+            self._vector_resetting = np.zeros(env.num_envs, bool)
         if self.config.checkpoint_dir is not None:
             self.manager = self._open_manager()
         try:
@@ -475,6 +516,8 @@ class CkptRunnerHook:
             first: tuple[Any, dict[str, Any]] = (None, {})
         elif self.resumed_from is None:
             first = env.reset(seed=self.config.seed)
+        elif self._vector:
+            first = self._resume_vector_env()
         else:
             first = env.reset()  # np_random is as the uninterrupted run had it at this boundary
         for handler in self._handlers["on_start"]:
@@ -491,7 +534,8 @@ class CkptRunnerHook:
         """Count one env step; at an episode's end record it and checkpoint if one is due.
 
         Call it after `agent.learn` and before `env.reset()`: a checkpoint taken here must see
-        the learned transition and the env's generator as it is before the reset.
+        the learned transition and the env's generator as it is before the reset. With a vector
+        env pass the batched `reward`, `terminated` and `truncated` arrays.
 
         Args:
             reward: the step's reward.
@@ -501,6 +545,7 @@ class CkptRunnerHook:
 
         Returns:
             True if the episode ended: reset the env (without a seed) before the next step.
+            Always False for a vector env, which resets its sub-envs itself.
         """
         if not self._started or self._result is not None:
             raise RuntimeError(
@@ -516,23 +561,18 @@ class CkptRunnerHook:
             raise RuntimeError(
                 f"CkptRunnerHook.step(): the run {what}. HINT: loop `while not hook.done:`."
             )
+        if self._vector:
+            return self._step_vector(reward, terminated, truncated, metrics)
         self.timesteps += 1
         self._episode_return += float(reward)
         self._episode_length += 1
-        if metrics:
-            for key, value in metrics.items():
-                self._metric_sums[key] = self._metric_sums.get(key, 0.0) + float(value)
-                self._metric_counts[key] = self._metric_counts.get(key, 0) + 1
+        self._add_metrics(metrics)
         for handler in self._handlers["on_step"]:
             handler(self)
         if not (terminated or truncated):
             return False
-        episode_return, length = self._episode_return, self._episode_length
-        self.episode_returns.append(episode_return)
-        self.episode_lengths.append(length)
+        self._record_episode(self._episode_return, self._episode_length)
         self._episode_return, self._episode_length = 0.0, 0
-        for handler in self._handlers["on_episode_end"]:
-            handler(self, episode_return, length)
         if self.manager is not None and not self._finished:
             step = (
                 self.timesteps // self.config.checkpoint_interval * self.config.checkpoint_interval
@@ -542,6 +582,55 @@ class CkptRunnerHook:
             elif self.manager.preemption_signal is not None:
                 self._save(self.timesteps)  # named by its timestep: between two interval steps
         return True
+
+    def _add_metrics(self, metrics: Mapping[str, Any] | None) -> None:
+        for key, value in (metrics or {}).items():
+            self._metric_sums[key] = self._metric_sums.get(key, 0.0) + float(value)
+            self._metric_counts[key] = self._metric_counts.get(key, 0) + 1
+
+    def _record_episode(self, episode_return: float, length: int) -> None:
+        self.episode_returns.append(episode_return)
+        self.episode_lengths.append(length)
+        for handler in self._handlers["on_episode_end"]:
+            handler(self, episode_return, length)
+
+    def _step_vector(self, reward: Any, terminated: Any, truncated: Any, metrics: Any) -> bool:
+        """`step` for a vector env: batched flags, a checkpoint at any step, never a reset."""
+        self.timesteps += self._env.num_envs
+        playing = ~self._vector_resetting
+        self._vector_returns[playing] += np.asarray(reward, np.float64)[playing]
+        self._vector_lengths[playing] += 1
+        self._add_metrics(metrics)
+        for handler in self._handlers["on_step"]:
+            handler(self)
+        ended = np.logical_or(terminated, truncated) & playing
+        for i in np.flatnonzero(ended):  # episodes ending at the same step: by sub-env index
+            self._record_episode(float(self._vector_returns[i]), int(self._vector_lengths[i]))
+            self._vector_returns[i], self._vector_lengths[i] = 0.0, 0
+        if _autoreset_mode(self._env) == gym.vector.AutoresetMode.NEXT_STEP:
+            self._vector_resetting = ended
+        if self.manager is not None and not self._finished:
+            interval = self.config.checkpoint_interval
+            if self.timesteps // interval * interval > self._last_step:
+                self._save(self.timesteps // interval * interval)
+            elif self.manager.preemption_signal is not None:
+                self._save(self.timesteps)  # named by its timestep: between two interval steps
+        return False
+
+    def _resume_vector_env(self) -> tuple[Any, dict[str, Any]]:
+        """The batched observation to continue from; a re-seeded reset if it was not saved."""
+        if self._vector_obs is not None:
+            return copy.deepcopy(self._vector_obs), {}
+        why = self._inexact_why or "its sub-envs' state could not be captured"
+        warnings.warn(
+            f"resuming {self.config.checkpoint_dir} at timestep {self.timesteps} is not exact: "
+            f"{why}; the vector env is re-seeded and reset, its unfinished episodes dropped. "
+            "HINT: SyncVectorEnv of classic-control or toy-text envs with gymnasium's default "
+            "wrappers resumes exactly.",
+            stacklevel=3,
+        )
+        self._vector_returns[:], self._vector_lengths[:], self._vector_resetting[:] = 0, 0, False
+        return self._env.reset(seed=self.config.seed + self.timesteps)
 
     def end(self) -> RunResult:
         """Finish the run: final checkpoint and `mark_complete()` if it is done, then close.
@@ -643,22 +732,28 @@ class CkptRunnerHook:
 
     def _rng_states(self) -> dict[str, Any]:
         env = self._env
+        env_part: Any = [_jsonable(g.bit_generator.state) for g in _env_generators(env)]
         return {
             "runner": _jsonable(self.rng.bit_generator.state),
-            "env": _jsonable(env.np_random.bit_generator.state),
+            "env": env_part if self._vector else env_part[0],
             "action_space": {
                 path: _jsonable(space.np_random.bit_generator.state)
                 for path, space in _subspaces(env.action_space)
             },
-            "python": _jsonable(random.getstate()),
+            **global_rng_state(),  # Python's `random` and numpy's global `np.random`
         }
 
-    def _state(self, *, torch_rng: bool, episodes: int | None = None) -> dict[str, Any]:
-        """The checkpointed tree; with `episodes`, the restore template for that many episodes."""
+    def _state(
+        self, *, torch_rng: bool, episodes: int | None = None, vector: Any = None
+    ) -> dict[str, Any]:
+        """The checkpointed tree; with `episodes`, the restore template for that many episodes.
+
+        `vector` is a vector env's part (see `_vector_state`), None for a single env.
+        """
         torch = _torch()
         returns: Any = self.episode_returns if episodes is None else np.zeros(episodes)
         lengths: Any = self.episode_lengths if episodes is None else np.zeros(episodes, np.int64)
-        return {
+        state = {
             "agent": self._agent.state_dict(),
             "runner": {
                 "timesteps": self.timesteps,
@@ -667,6 +762,19 @@ class CkptRunnerHook:
                 "rng": json.dumps(self._rng_states()),
                 "torch_rng": torch.get_rng_state() if torch_rng else None,
             },
+        }
+        if vector is not None:
+            state["runner"]["vector"] = vector
+        return state
+
+    def _vector_state(self, env_state: str, exact: bool) -> dict[str, Any]:
+        """A vector env's part of the checkpoint: its open episodes and, if `exact`, its state."""
+        return {
+            "episode_returns": self._vector_returns.copy(),
+            "episode_lengths": self._vector_lengths.copy(),
+            "resetting": self._vector_resetting.copy(),
+            "env_state": env_state,
+            "obs": _gym_envstate.observations(self._env) if exact else None,
         }
 
     def _metrics(self) -> dict[str, float]:
@@ -682,7 +790,7 @@ class CkptRunnerHook:
     def _save(self, step: int, *, final: bool = False) -> None:
         assert self.manager is not None
         torch_rng = _torch() is not None
-        metadata = {
+        metadata: dict[str, Any] = {
             _META_KEY: {
                 "timesteps": self.timesteps,
                 "episodes": self.episodes,
@@ -690,9 +798,23 @@ class CkptRunnerHook:
                 "final": final,
             }
         }
+        vector = None
+        if self._vector:
+            env_state, why = _gym_envstate.capture_vector(self._env)
+            vector = self._vector_state(env_state, why is None)
+            metadata[_META_KEY]["vector"] = {"num_envs": self._env.num_envs, "not_exact": why}
+            if why is not None and self._inexact_why is None:
+                warnings.warn(
+                    f"checkpoint {step} in {self.config.checkpoint_dir} cannot hold the vector "
+                    f"env's state: {why}. A resume will re-seed and reset it: not exact. "
+                    "HINT: SyncVectorEnv of classic-control or toy-text envs with gymnasium's "
+                    "default wrappers resumes exactly.",
+                    stacklevel=4,
+                )
+            self._inexact_why = why
         self.manager.save(
             step,
-            self._state(torch_rng=torch_rng),
+            self._state(torch_rng=torch_rng, vector=vector),
             metrics=self._metrics(),
             metadata=metadata,
             force=True,
@@ -717,9 +839,23 @@ class CkptRunnerHook:
             import torch  # noqa: F401  # the saved run used torch; its generator is restored too
 
         # The template has the checkpoint's episode count, so only the agent can differ.
-        like = self._state(torch_rng=bool(meta["torch_rng"]), episodes=int(meta["episodes"]))
+        vector = None
+        if self._vector:
+            vector_meta = meta.get("vector") or {}
+            if vector_meta.get("num_envs") != self._env.num_envs:
+                raise ValueError(
+                    f"cannot resume from step {step} of {c.checkpoint_dir}: it was saved from "
+                    f"{vector_meta.get('num_envs') or 'no'} vector sub-envs, this env has "
+                    f"{self._env.num_envs}. HINT: build the env the way the saving run did, or "
+                    "use a new checkpoint_dir."
+                )
+            self._inexact_why = vector_meta.get("not_exact")
+            vector = self._vector_state("", self._inexact_why is None)
+        like = self._state(
+            torch_rng=bool(meta["torch_rng"]), episodes=int(meta["episodes"]), vector=vector
+        )
         try:
-            tree = manager.restore(step, like=like)
+            tree = self._restore_filling_optimizer_state(step, like)
         except StructureMismatchError as e:
             stored_agent = ((manager.run_metadata or {}).get(_META_KEY) or {}).get("agent")
             raise StructureMismatchError(
@@ -727,8 +863,8 @@ class CkptRunnerHook:
                 f"by agent {stored_agent}, and this {type(self._agent).__qualname__}'s "
                 f"state_dict() differs from it. Nothing was changed on disk.\n{e}\n"
                 "HINT: build the agent with the same architecture and buffer sizes as the saving "
-                "run; if only optimizer state differs, create it eagerly in the agent's "
-                "constructor (see Agent); or use a new checkpoint_dir."
+                "run (torch optimizer state created lazily is filled in by itself); or use a "
+                "new checkpoint_dir."
             ) from e
         self._agent.load_state_dict(tree["agent"])
         runner = tree["runner"]
@@ -738,6 +874,14 @@ class CkptRunnerHook:
         self._set_rng_states(json.loads(runner["rng"]))
         if runner["torch_rng"] is not None:
             _torch().set_rng_state(runner["torch_rng"])
+        if self._vector:
+            part = runner["vector"]
+            self._vector_returns[:] = part["episode_returns"]
+            self._vector_lengths[:] = part["episode_lengths"]
+            self._vector_resetting[:] = part["resetting"]
+            if self._inexact_why is None:
+                _gym_envstate.restore_vector(self._env, part["env_state"], part["obs"])
+                self._vector_obs = part["obs"]
         self.resumed_from = self._last_step = step
         self.was_complete = manager.is_complete
         if self.was_complete and c.total_timesteps != self.timesteps:
@@ -748,18 +892,32 @@ class CkptRunnerHook:
                 stacklevel=3,
             )
 
+    def _restore_filling_optimizer_state(self, step: int, like: Any) -> Any:
+        """Restore into `like`; if only lazily created torch optimizer state is missing from it
+        (a fresh agent's Adam has no moments yet), take that part's structure from the step."""
+        assert self.manager is not None
+        try:
+            return self.manager.restore(step, like=like)
+        except StructureMismatchError as first:
+            like, filled = complete_optimizer_state(like, self.manager.restore(step))
+            if not filled:
+                raise first from None
+            return self.manager.restore(step, like=like)
+
     def _set_rng_states(self, states: Mapping[str, Any]) -> None:
         env = self._env
         self.rng = _set_generator(self.rng, states["runner"])
-        restored = _set_generator(env.np_random, states["env"])
-        if restored is not env.np_random:
-            env.np_random = restored
+        env_states = states["env"] if self._vector else [states["env"]]
+        holders = getattr(env, "envs", [env]) if self._vector else [env]
+        for holder, gen, state in zip(holders, _env_generators(env), env_states, strict=True):
+            restored = _set_generator(gen, state)
+            if restored is not gen:
+                holder.np_random = restored
         for path, space in _subspaces(env.action_space):
             if path in states["action_space"]:
                 gen = _set_generator(space.np_random, states["action_space"][path])
                 space._np_random = gen  # Space has no public setter; seed() only takes ints
-        version, internal, gauss = states["python"]
-        random.setstate((version, tuple(internal), gauss))
+        set_global_rng_state(states)  # checkpoints older than numpy's stream restore Python's
 
     def _seed_everything(self) -> None:
         seed = self.config.seed
@@ -767,6 +925,7 @@ class CkptRunnerHook:
         self.rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
         self._env.action_space.seed(seed)
         random.seed(seed)
+        np.random.seed(seed)
         torch = _torch()
         if torch is not None:
             torch.manual_seed(seed)
@@ -775,15 +934,25 @@ class CkptRunnerHook:
 # ---------------------------------------------------------------- checks
 
 
+def _env_generators(env: Any) -> list[np.random.Generator]:
+    """The env's generator, or a vector env's sub-envs' generators in order."""
+    gens = env.np_random
+    return list(gens) if isinstance(gens, tuple | list) else [gens]
+
+
+def _autoreset_mode(env: Any) -> Any:
+    return env.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
+
+
 def _check_env(env: Any) -> None:
-    if isinstance(env, gym.vector.VectorEnv):
+    if isinstance(env, gym.vector.AsyncVectorEnv):
         raise TypeError(
-            "run()/CkptRunnerHook takes a single env, got the vector env "
-            f"{type(env).__qualname__}. "
-            "Vector envs auto-reset their sub-envs at different timesteps, so there is no "
-            "moment when every sub-env is between episodes, which exact resume relies on. "
-            "HINT: pass gym.make(env_id)."
+            "run()/CkptRunnerHook cannot checkpoint an AsyncVectorEnv: its sub-envs live in "
+            "other processes, out of reach of the checkpoint. HINT: build the same envs with "
+            'gym.make_vec(env_id, num_envs=n, vectorization_mode="sync") (SyncVectorEnv).'
         )
+    if isinstance(env, gym.vector.VectorEnv):
+        return
     if not isinstance(env, gym.Env):
         raise TypeError(
             f"run()/CkptRunnerHook expects a gymnasium.Env, got {type(env).__qualname__}. "
@@ -791,17 +960,14 @@ def _check_env(env: Any) -> None:
         )
 
 
-def _check_agent(agent: Any) -> None:
-    missing = [
-        name
-        for name in ("act", "learn", "state_dict", "load_state_dict")
-        if not callable(getattr(agent, name, None))
-    ]
+def _check_agent(agent: Any, needs: tuple[str, ...]) -> None:
+    missing = [name for name in needs if not callable(getattr(agent, name, None))]
     if missing:
         raise TypeError(
-            f"the agent {type(agent).__qualname__} lacks {', '.join(missing)}: an agent needs "
+            f"the agent {type(agent).__qualname__} lacks {', '.join(missing)}: run() needs "
             "act(obs, rng), learn(obs, action, reward, next_obs, terminated, truncated), "
-            "state_dict() and load_state_dict(state). HINT: see integrations.gym.Agent."
+            "state_dict() and load_state_dict(state); CkptRunnerHook in your own loop only the "
+            "last two. HINT: see integrations.gym.Agent."
         )
 
 
@@ -809,7 +975,8 @@ def _check_agent_spaces(env: gym.Env[Any, Any], agent: Any) -> None:
     problems = []
     for name in ("observation_space", "action_space"):
         wanted = getattr(agent, name, None)
-        if wanted is not None and wanted != getattr(env, name):
+        single = getattr(env, f"single_{name}", None)  # a vector env's per-sub-env space
+        if wanted is not None and wanted != getattr(env, name) and wanted != single:
             problems.append(f"{name}: the agent expects {wanted}, the env has {getattr(env, name)}")
     if problems:
         raise ValueError(
@@ -899,7 +1066,8 @@ def run(
     same episode returns and the same final agent state.
 
     Args:
-        env: a single Gymnasium env, freshly made (`gym.make(...)`).
+        env: a Gymnasium env (`gym.make(...)`) or a `SyncVectorEnv`
+            (`gym.make_vec(..., vectorization_mode="sync")`), freshly made.
         agent: an `Agent`, freshly built.
         config: the `RunnerConfig`.
         callbacks: objects with any of `RunnerCallback`'s methods.
@@ -919,6 +1087,7 @@ def run(
     bar = _ProgressBar() if (_stderr_is_terminal() if progress is None else progress) else None
     if bar is not None:
         callbacks.append(bar)
+    _check_agent(agent, ("act", "learn", "state_dict", "load_state_dict"))
     hook = CkptRunnerHook(config, callbacks=callbacks)
     try:
         obs, _ = hook.begin(env, agent)

@@ -39,6 +39,58 @@ from integrations.gym import (  # noqa: E402
 # Small enough for seconds per run; long enough that DQN trains (learning_starts < interval).
 CARTPOLE = {"total": 1_500, "interval": 300, "kill_at": 1_111}
 FROZENLAKE = {"total": 30_000, "interval": 2_000, "kill_at": 17_777}
+# Agents that sample replay minibatches from numpy's global generator; the vector run's
+# kill point is even (2 sub-envs: timesteps go up by 2).
+REPLAY = {"total": 12_000, "interval": 1_000, "kill_at": 7_777}
+VECTOR = {"total": 12_000, "interval": 1_000, "kill_at": 7_778}
+SIZES = {"cartpole": CARTPOLE, "frozenlake": FROZENLAKE, "replay": REPLAY, "vector": VECTOR}
+
+
+class ReplayQAgent:
+    """Tabular Q-learning from a replay buffer sampled with `np.random` (as CleanRL's and SB3's
+    buffers do), on batched transitions from a vector env or single ones from an env."""
+
+    def __init__(self, n_states: int, n_actions: int, capacity: int = 512) -> None:
+        self.q = np.zeros((n_states, n_actions))
+        self.buffer = np.zeros((capacity, 4), dtype=np.int64)  # obs, action, next_obs, done
+        self.rewards = np.zeros(capacity)
+        self.cursor = 0
+        self.size = 0
+
+    def act(self, obs: Any, rng: np.random.Generator) -> Any:
+        batch = np.atleast_1d(obs)
+        greedy = self.q[batch].argmax(axis=1)
+        explore = rng.random(len(batch)) < 0.3
+        actions = np.where(explore, rng.integers(self.q.shape[1], size=len(batch)), greedy)
+        return int(actions[0]) if np.ndim(obs) == 0 else actions
+
+    def learn(self, obs, action, reward, next_obs, terminated, truncated):
+        rows = np.stack(np.broadcast_arrays(obs, action, next_obs, terminated), axis=-1)
+        for row, r in zip(np.atleast_2d(rows), np.atleast_1d(reward), strict=True):
+            self.buffer[self.cursor], self.rewards[self.cursor] = row, r
+            self.cursor = (self.cursor + 1) % len(self.buffer)
+            self.size = min(self.size + 1, len(self.buffer))
+        picks = np.random.randint(self.size, size=4)
+        picks = np.concatenate([picks, np.random.choice(self.size, size=2)])
+        for (s, a, s2, done), r in zip(self.buffer[picks], self.rewards[picks], strict=True):
+            # A step cost: FrozenLake's rare rewards alone would leave `q` at zero.
+            target = r - 0.01 + 0.9 * self.q[s2].max() * (1 - done)
+            self.q[s, a] += 0.1 * (target - self.q[s, a])
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "q": self.q,
+            "buffer": self.buffer,
+            "rewards": self.rewards,
+            "cursor": self.cursor,
+            "size": self.size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("q", "buffer", "rewards"):
+            np.copyto(getattr(self, key), state[key])
+        self.cursor, self.size = int(state["cursor"]), int(state["size"])
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -59,6 +111,11 @@ def make(env_name: str) -> tuple[gym.Env[Any, Any], Any]:
             epsilon_decay=2_000,
         )
         return env, agent
+    if env_name == "vector":
+        vector = gym.make_vec("FrozenLake-v1", num_envs=2, vectorization_mode="sync")
+        return vector, ReplayQAgent(16, 4)
+    if env_name == "replay":
+        return gym.make("FrozenLake-v1"), ReplayQAgent(16, 4)
     env = gym.make("FrozenLake-v1")  # slippery: the env's generator drives every step
     return env, TabularQAgent(env.observation_space, env.action_space, epsilon_decay=20_000)
 
@@ -204,9 +261,10 @@ def wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 60.0) -
 # ---------------------------------------------------------------- exactness across SIGKILL
 
 
-@pytest.mark.parametrize("env_name", ["cartpole", "frozenlake"])
+@pytest.mark.parametrize("env_name", ["cartpole", "frozenlake", "replay", "vector"])
 def test_sigkill_and_resume_is_identical_to_an_uninterrupted_run(env_name, tmp_path):
-    sizes = CARTPOLE if env_name == "cartpole" else FROZENLAKE
+    """`replay` samples from `np.random`; `vector` is a SyncVectorEnv of 2 FrozenLakes."""
+    sizes = SIZES[env_name]
     # The reference: uninterrupted, in this process, checkpointing off.
     env, reference_agent = make(env_name)
     reference = run(env, reference_agent, RunnerConfig(sizes["total"]))
@@ -289,6 +347,81 @@ def test_interrupted_in_process_resume_restores_every_random_stream(tmp_path):
 
 
 # ---------------------------------------------------------------- checkpoints, retention, best
+
+
+class LinearCartPoleAgent:
+    """A linear policy nudged by `np.random`: enough to make CartPole's episodes vary."""
+
+    def __init__(self) -> None:
+        self.weights = np.zeros((4, 2))
+        self.steps = 0
+
+    def act(self, obs: Any, rng: np.random.Generator) -> Any:
+        scores = obs @ self.weights + rng.normal(0.0, 1.0, (len(obs), 2))
+        return scores.argmax(axis=1)
+
+    def learn(self, obs, action, reward, next_obs, terminated, truncated):
+        self.steps += 1
+        self.weights += 1e-3 * np.random.standard_normal(self.weights.shape)
+        return {"weight_norm": float(np.abs(self.weights).sum())}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weights": self.weights, "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        np.copyto(self.weights, state["weights"])
+        self.steps = int(state["steps"])
+
+
+def make_cartpoles(mode: str = "NextStep", **wrappers: Any) -> gym.vector.VectorEnv:
+    return gym.make_vec(
+        "CartPole-v1",
+        num_envs=3,
+        vectorization_mode="sync",
+        vector_kwargs={"autoreset_mode": mode},
+        **wrappers,
+    )
+
+
+def train_vector(
+    directory: Path, stop_at: int | None = None, **make_kwargs: Any
+) -> tuple[RunResult, LinearCartPoleAgent]:
+    agent = LinearCartPoleAgent()
+    config = RunnerConfig(
+        3_000, checkpoint_dir=directory, checkpoint_interval=400, resume=True, seed=7
+    )
+    callbacks = [InterruptAt(stop_at)] if stop_at else []
+    return run(make_cartpoles(**make_kwargs), agent, config, callbacks=callbacks), agent
+
+
+@pytest.mark.parametrize("mode", ["NextStep", "SameStep"])
+def test_a_sync_vector_env_resumes_mid_episode_exactly(mode, tmp_path):
+    """3 CartPoles: checkpoints fall mid-episode; the resume restores each sub-env's physics,
+    its time limit, the autoreset flags and the open episodes' partial returns."""
+    reference, reference_agent = train_vector(tmp_path / "reference", mode=mode)
+    with pytest.raises(Interrupt):
+        train_vector(tmp_path / "run", stop_at=1_899, mode=mode)  # 3 sub-envs: 633 steps
+    with CheckpointManager(tmp_path / "run", read_only=True) as mgr:
+        assert mgr.all_steps() == [400, 800, 1_200, 1_600]
+        assert mgr.metadata(1_600)["gym"]["vector"] == {"num_envs": 3, "not_exact": None}
+        assert mgr.metadata(1_600)["gym"]["timesteps"] == 1_602  # first step at or after 1,600
+    result, agent = train_vector(tmp_path / "run", mode=mode)
+    assert result.resumed_from == 1_600 and result.timesteps == reference.timesteps == 3_000
+    assert len(reference.episode_returns) > 20
+    assert result.episode_returns == reference.episode_returns
+    assert result.episode_lengths == reference.episode_lengths
+    assert_same_state(agent.state_dict(), reference_agent.state_dict())
+
+
+def test_a_vector_env_whose_state_cannot_be_saved_warns_at_save_and_resume(tmp_path):
+    """RecordEpisodeStatistics keeps counters the runner does not know: not exact, and said."""
+    stats = {"wrappers": [gym.wrappers.RecordEpisodeStatistics]}
+    with pytest.warns(UserWarning, match="RecordEpisodeStatistics.*not exact"):
+        with pytest.raises(Interrupt):
+            train_vector(tmp_path, stop_at=1_899, **stats)
+    with pytest.warns(UserWarning, match="timestep 1602 is not exact.*re-seeded and reset"):
+        result, _ = train_vector(tmp_path, **stats)
+    assert result.resumed_from == 1_600 and result.timesteps == 3_000
 
 
 def test_checkpoints_are_taken_at_the_first_episode_boundary_after_each_interval(tmp_path):
@@ -517,13 +650,54 @@ def test_an_env_that_does_not_fit_the_agent_or_the_run_is_refused(tmp_path):
     assert snapshot(tmp_path) == files
 
 
-def test_vector_envs_and_non_agents_are_refused():
-    vector = gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync")
-    with pytest.raises(TypeError, match="vector env"):
-        run(vector, object(), RunnerConfig(100))
+def test_async_vector_envs_and_non_agents_are_refused():
+    # The type alone is refused, before any use: no worker processes need to start (forking
+    # after other tests imported JAX would warn).
+    vector = object.__new__(gym.vector.AsyncVectorEnv)
+    with pytest.raises(TypeError, match=r"AsyncVectorEnv.*SyncVectorEnv"):
+        run(vector, ReplayQAgent(16, 4), RunnerConfig(100))
     env = gym.make("FrozenLake-v1")
     with pytest.raises(TypeError, match="lacks act, learn, state_dict, load_state_dict"):
         run(env, object(), RunnerConfig(100))
+    with pytest.raises(TypeError, match="lacks state_dict, load_state_dict"):
+        CkptRunnerHook(RunnerConfig(100)).begin(env, object())
+
+
+def test_the_hook_in_a_users_own_loop_needs_only_state_dict_and_load_state_dict(tmp_path):
+    """The user's loop acts and learns itself; the hook only saves and restores the state."""
+
+    class QTable:
+        def __init__(self) -> None:
+            self.q = np.zeros((16, 4))
+
+        def state_dict(self) -> dict[str, Any]:
+            return {"q": self.q}
+
+        def load_state_dict(self, state: dict[str, Any]) -> None:
+            np.copyto(self.q, state["q"])
+
+    def train(directory: Path, stop_at: int | None = None) -> tuple[RunResult, QTable]:
+        config = RunnerConfig(3_000, checkpoint_dir=directory, checkpoint_interval=500, resume=True)
+        env, table = gym.make("FrozenLake-v1"), QTable()
+        with CkptRunnerHook(config, callbacks=[InterruptAt(stop_at)] if stop_at else []) as hook:
+            obs, _ = hook.begin(env, table)
+            while not hook.done:
+                action = int(hook.rng.integers(4))
+                next_obs, reward, terminated, truncated, _ = env.step(action)
+                table.q[obs, action] += 0.1 * (reward - 0.01 + table.q[next_obs].max())
+                obs = next_obs
+                if hook.step(reward, terminated, truncated):
+                    obs, _ = env.reset()
+            return hook.end(), table
+
+    reference, reference_table = train(tmp_path / "reference")
+    with pytest.raises(Interrupt):
+        train(tmp_path / "run", stop_at=1_777)
+    result, table = train(tmp_path / "run")
+    assert result.resumed_from is not None and 0 < result.resumed_from < 1_777
+    assert result.episode_returns == reference.episode_returns
+    assert result.episode_lengths == reference.episode_lengths
+    np.testing.assert_array_equal(table.q, reference_table.q)
 
 
 # ---------------------------------------------------------------- progress
