@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class CheckpointError(Exception):
     """Base class of every error this library raises on purpose."""
@@ -37,6 +39,18 @@ class UnsafeFormatError(CheckpointError):
 
 class DiskFullError(CheckpointError, OSError):
     """The storage ran out of space during a save; nothing was committed."""
+
+
+class ResumeNotExactError(CheckpointError, AssertionError):
+    """An interrupted and resumed run ended with other values than an uninterrupted one.
+
+    An `AssertionError`, so a failing `check_resume_is_exact` reads as a failed test;
+    `report` (a `ckpt_core.exactness.ResumeReport`) names every leaf that differs.
+    """
+
+    def __init__(self, message: str, report: Any) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class UnrankedStepWarning(RuntimeWarning):
