@@ -8,6 +8,7 @@ too, as it is the case the helper catches.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import warnings
@@ -35,6 +36,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 if str(EXAMPLES) not in sys.path:
     sys.path.insert(0, str(EXAMPLES))
 
+import flax_resume  # noqa: E402
 from agents import TabularQAgent  # noqa: E402
 
 # ---------------------------------------------------------------------- leaf comparison
@@ -151,6 +153,13 @@ def test_flax_nnx_loop_that_leaves_its_rngs_out_is_caught_and_warned_about():
             check_resume_is_exact(nnx_loop_without_rngs, steps_before=4, steps_after=3)
     named = [d.split(":")[0] for d in caught.value.report.differences]
     assert "model/hidden/kernel" in named and "rngs/dropout/count" in named
+
+
+@pytest.mark.parametrize("api", ["linen", "nnx"])
+def test_the_flax_example_resumes_exactly(api):
+    train = functools.partial(flax_resume.train, api=api, every=4, log=lambda line: None)
+    report = check_resume_is_exact(train, steps_before=10, steps_after=7)
+    assert report.exact and report.leaves > 10
 
 
 # ---------------------------------------------------------------------- Gymnasium
