@@ -30,7 +30,7 @@ from ._tree import (
     iter_leaves_lenient,
     path_str,
 )
-from .errors import ResumeNotExactError
+from .errors import CheckpointError, ResumeNotExactError
 
 TrainFn = Callable[[Path, int], Any]
 """`train(directory, total_steps) -> state`: the user's loop, see `check_resume_is_exact`."""
@@ -117,12 +117,15 @@ def check_resume_is_exact(
     Raises:
         ResumeNotExactError: an `AssertionError` naming every leaf path that differs (its
             `report` has the whole list).
-        ValueError: bad step counts, `directory` already holds the runs, or `train` wrote
-            nothing in the interrupted run's directory.
+        TypeError, ValueError: a step count is not a positive int.
+        ValueError: `directory` already holds the runs, `train` returned nothing to compare,
+            or it wrote nothing in the interrupted run's directory.
+        CheckpointError: with `in_subprocess`, `train` failed in its process.
     """
     for name, value in (("steps_before", steps_before), ("steps_after", steps_after)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(
+        wrong_type = isinstance(value, bool) or not isinstance(value, int)
+        if wrong_type or value < 1:
+            raise (TypeError if wrong_type else ValueError)(
                 f"check_resume_is_exact({name}={value!r}): expected a positive int. HINT: "
                 "pass the number of training steps before and after the interruption."
             )
@@ -208,7 +211,7 @@ def _call_in_subprocess(
     receive.close()
     want = -signal.SIGKILL if kill else 0
     if child.exitcode != want:
-        raise ValueError(
+        raise CheckpointError(
             f"check_resume_is_exact(in_subprocess=True): train(directory, {steps}) failed in "
             f"its process (exit code {child.exitcode}, expected {want}); its traceback is on "
             "stderr. HINT: run with in_subprocess=False to debug it in this process."
@@ -217,12 +220,12 @@ def _call_in_subprocess(
 
 
 def _child(train: TrainFn, directory: Path, steps: int, kill: bool, send: Any) -> None:
-    leaves = _host_leaves(train(directory, steps))
+    state = train(directory, steps)
     if kill:
         sys.stdout.flush()
         sys.stderr.flush()
         os.kill(os.getpid(), signal.SIGKILL)
-    send.send(leaves)
+    send.send(_host_leaves(state))
     send.close()
 
 
@@ -279,6 +282,8 @@ def _label(leaf: _Leaf) -> str:
 
 def _host_leaves(tree: Any) -> dict[str, _Leaf]:
     """Every leaf of `tree` by path, reduced to its kind, dtype, shape and bytes on the host."""
+    if tree is None:  # a function that returns nothing has nothing to compare
+        return {}
     return {path_str(path): _host_leaf(leaf) for path, leaf in iter_leaves_lenient(_states(tree))}
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ckpt_core import (
+    CheckpointError,
     CheckpointManager,
     ResumeNotExactError,
     ResumeReport,
@@ -143,16 +144,27 @@ def test_a_function_that_cannot_go_to_a_subprocess_is_refused_with_a_hint():
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "kwargs, error, match",
     [
-        ({"steps_before": 0, "steps_after": 1}, r"steps_before=0.*positive int"),
-        ({"steps_before": 1, "steps_after": 1.5}, r"steps_after=1\.5.*positive int"),
-        ({"steps_before": True, "steps_after": 1}, r"steps_before=True"),
+        ({"steps_before": 0, "steps_after": 1}, ValueError, r"steps_before=0.*positive int"),
+        ({"steps_before": 1, "steps_after": 1.5}, TypeError, r"steps_after=1\.5.*positive int"),
+        ({"steps_before": True, "steps_after": 1}, TypeError, r"steps_before=True"),
     ],
 )
-def test_bad_step_counts_are_value_errors(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_step_counts_are_refused(kwargs, error, match):
+    with pytest.raises(error, match=match):
         check_resume_is_exact(exact_loop, **kwargs)
+
+
+def failing_loop(directory: Path, total_steps: int) -> Any:
+    raise RuntimeError("a bug in the loop")
+
+
+def test_a_loop_that_fails_in_its_subprocess_is_a_checkpoint_error(tmp_path):
+    with pytest.raises(CheckpointError, match=r"failed in its process \(exit code 1"):
+        check_resume_is_exact(
+            failing_loop, steps_before=1, steps_after=1, directory=tmp_path, in_subprocess=True
+        )
 
 
 def test_a_loop_that_writes_no_checkpoint_is_told_so(tmp_path):
