@@ -9,10 +9,12 @@ from .errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
     DiskFullError,
+    ResumeNotExactError,
     StructureMismatchError,
     UnrankedStepWarning,
     UnsafeFormatError,
 )
+from .exactness import ResumeReport, check_resume_is_exact
 from .formats import Format, StepReader, get_format, register_format
 from .info import CheckpointInfo
 from .manager import CheckpointManager
@@ -29,12 +31,15 @@ __all__ = [
     "CorruptCheckpointError",
     "DiskFullError",
     "Format",
+    "ResumeNotExactError",
+    "ResumeReport",
     "RetentionPolicy",
     "StepReader",
     "StructureMismatchError",
     "UnrankedStepWarning",
     "UnsafeFormatError",
     "__version__",
+    "check_resume_is_exact",
     "checkpoint_exists",
     "get_format",
     "load_checkpoint",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 # Terminal escape sequences (colours, bold) and other control characters that third-party
 # messages (torch's, for one) carry; newlines and tabs stay.
@@ -52,6 +53,18 @@ class UnsafeFormatError(CheckpointError):
 
 class DiskFullError(CheckpointError, OSError):
     """The storage ran out of space during a save; nothing was committed."""
+
+
+class ResumeNotExactError(CheckpointError, AssertionError):
+    """An interrupted and resumed run ended with other values than an uninterrupted one.
+
+    An `AssertionError`, so a failing `check_resume_is_exact` reads as a failed test;
+    `report` (a `ckpt_core.exactness.ResumeReport`) names every leaf that differs.
+    """
+
+    def __init__(self, message: str, report: Any) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class UnrankedStepWarning(RuntimeWarning):

@@ -24,6 +24,7 @@ The default format is orbax: a step's payload is an orbax `StandardCheckpointer`
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
@@ -126,6 +127,7 @@ class CkptHook:
         self.async_save = async_save
         self.unreplicate = unreplicate
         self.replicate_to = replicate_to
+        self._rng_streams_checked = False  # at the first save only: walks the NNX graphs
         self.manager = CheckpointManager(
             directory,
             max_to_keep=max_to_keep,
@@ -201,6 +203,9 @@ class CkptHook:
         if not force and not self.manager.should_save(step):
             return False
         tree = _nnx_to_pure(state)
+        if not self._rng_streams_checked:
+            self._rng_streams_checked = True
+            _warn_if_dropout_stream_is_not_saved(step, state, tree)
         if self.unreplicate:
             tree = _strip_device_axis(tree)
         return self.manager.save(
@@ -345,6 +350,57 @@ def _pure_to_nnx(template: Any, restored: Any) -> Any:
     if _is_plain_container(template):
         return type(template)(_pure_to_nnx(t, r) for t, r in zip(template, restored))
     return restored
+
+
+def _nnx_objects(state: Any, path: tuple[Any, ...] = ()) -> Iterable[tuple[tuple[Any, ...], Any]]:
+    """`(path, object)` of every NNX object in the top-level containers, as `_nnx_to_pure` walks."""
+    if _is_nnx(state):
+        yield path, state
+    elif isinstance(state, dict):
+        for key, value in state.items():
+            yield from _nnx_objects(value, (*path, key))
+    elif _is_plain_container(state):
+        for index, value in enumerate(state):
+            yield from _nnx_objects(value, (*path, index))
+
+
+def _holds_a_key(tree: Any) -> bool:
+    """A typed PRNG key, or a raw one (`uint32[..., 2]`), among the leaves of `tree`."""
+    for leaf in jax.tree.leaves(tree):
+        dtype, shape = getattr(leaf, "dtype", None), getattr(leaf, "shape", ())
+        if dtype is None:
+            continue
+        if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+            return True
+        if dtype == np.uint32 and len(shape) >= 1 and shape[-1] == 2:
+            return True
+    return False
+
+
+def _warn_if_dropout_stream_is_not_saved(step: int, state: Any, tree: Any) -> None:
+    """Warn when an `nnx.Dropout` draws from an `nnx.Rngs` that the saved state leaves out.
+
+    A Dropout built without `rngs=` takes its stream at call time; if that `nnx.Rngs` is not
+    handed to the hook, the checkpoint holds no key at all, and a resumed run draws other
+    masks than an uninterrupted one: a silent divergence worth a warning at the first save.
+    """
+    if _holds_a_key(tree):
+        return
+    for outer, obj in _nnx_objects(state):
+        for inner, node in nnx.iter_graph(obj):
+            if isinstance(node, nnx.Dropout) and node.rate > 0:
+                where = "/".join(str(k) for k in (*outer, *inner)) or "the model"
+                warnings.warn(
+                    f"CkptHook: the state saved at step {step} holds no PRNG key, but "
+                    f"{where!r} is an nnx.Dropout (rate {node.rate}) whose random stream is "
+                    "not in it, so a resumed run draws other dropout masks than an "
+                    "uninterrupted one. HINT: hand the nnx.Rngs to the hook with the model, "
+                    "e.g. hook(step, (model, optimizer, rngs)) and "
+                    "hook.restore_or((model, optimizer, rngs)).",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                return
 
 
 # ---------------------------------------------------------------------- device axis
