@@ -94,6 +94,7 @@ class EpochReplay:
         self.loader = loader
         self._epoch_start: dict[str, torch.Tensor] | None = None
         self._first_draw: dict[str, torch.Tensor] | None = None
+        self._sampler_epoch: int | None = None  # a DistributedSampler's `epoch`
         self._iterator: Any = None  # the DataLoader iterator of the current epoch
         self._skipped = 0  # batches of the current epoch skipped by a replay
         self._pending: dict[str, Any] | None = None  # a state to replay at the next iterator
@@ -112,11 +113,14 @@ class EpochReplay:
     def state_dict(self) -> dict[str, Any]:
         if self._epoch_start is None or self._first_draw is None or self._iterator is None:
             return {}
-        return {
+        state = {
             "epoch_start": self._epoch_start,
             "first_draw": self._first_draw,
             "batches": self._skipped + int(self._iterator._num_yielded),
         }
+        if self._sampler_epoch is not None:
+            state["sampler_epoch"] = self._sampler_epoch
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         batches = int(state.get("batches", 0))
@@ -168,11 +172,17 @@ class _RecordingSampler:
         # (and once more by a multi-worker iterator's first `_reset`: the same epoch), or at a
         # new epoch of persistent workers.
         owner = self.owner
+        order_sampler = _order_sampler(owner.loader)
         if not (self.creating and self.recorded):
             if self.replay is not None:
                 _apply(self.replay["epoch_start"], self.generators)
+                if "sampler_epoch" in self.replay:
+                    # Lightning calls `set_epoch` only after a resumed run created the iterator.
+                    order_sampler.set_epoch(int(self.replay["sampler_epoch"]))
             owner._epoch_start = _snapshot(self.generators)
             self.recorded = True
+        epoch = getattr(order_sampler, "epoch", None)
+        owner._sampler_epoch = epoch if isinstance(epoch, int) else None
         owner._first_draw = None
         owner._skipped = 0
         self.current = _EpochIterator(self, iter(self.inner))

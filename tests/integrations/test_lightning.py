@@ -28,6 +28,7 @@ from torch.utils.data import (
     Sampler,
     TensorDataset,
 )
+from torch.utils.data.distributed import DistributedSampler
 
 from ckpt_core import CheckpointExistsError, CheckpointManager
 from integrations.lightning import CkptCallback
@@ -141,7 +142,8 @@ class EveryOther(Sampler[int]):
 def loaders(kind: str, n_train: int = N_TRAIN) -> tuple[DataLoader, DataLoader]:
     """The train loader of `kind`: "stateful" has `state_dict`; the others are plain loaders,
     shuffled by the global torch RNG ("shuffled", "workers": with 2 worker processes) or by a
-    generator seeded from it ("generator", "batch_sampler"), or not replayable ("stream",
+    generator seeded from it ("generator", "batch_sampler"), or by a fixed seed and the
+    epoch ("distributed"), or not replayable ("stream",
     "custom_sampler")."""
     x, y = make_data(n_train, seed=0)
     dataset = TensorDataset(x, y)
@@ -159,6 +161,9 @@ def loaders(kind: str, n_train: int = N_TRAIN) -> tuple[DataLoader, DataLoader]:
     elif kind == "batch_sampler":
         sampler = BatchSampler(RandomSampler(dataset, generator=generator), BATCH, False)
         train = DataLoader(dataset, batch_sampler=sampler)
+    elif kind == "distributed":  # the sampler Lightning puts in under DDP; one replica here
+        sampler = DistributedSampler(dataset, num_replicas=1, rank=0, seed=5)
+        train = DataLoader(dataset, batch_size=BATCH, sampler=sampler)
     elif kind == "stream":
         train = DataLoader(Stream(dataset), batch_size=BATCH)
     else:
@@ -282,6 +287,7 @@ SCENARIOS = {
     "mid_epoch_workers": ("workers", MID_EPOCH, 20, 18),
     "mid_epoch_generator": ("generator", MID_EPOCH, 20, 18),
     "mid_epoch_batch_sampler": ("batch_sampler", MID_EPOCH, 20, 18),
+    "mid_epoch_distributed": ("distributed", MID_EPOCH, 20, 18),
 }
 
 
