@@ -474,7 +474,6 @@ class CkptCallback(ModelCheckpoint):
                 self._replays.append(replay)
             else:
                 self._unreplayable.append(f"{describe_loader(loader)} ({reason})")
-        self._warned_unreplayable = False
 
     def _release_train_loaders(self) -> None:
         if self._undo_loader_hook is not None:
@@ -484,6 +483,7 @@ class CkptCallback(ModelCheckpoint):
             replay.detach()
         self._replays = []
         self._unreplayable = []
+        self._warned_unreplayable = False  # once per `fit`
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Called by Lightning's restore, before the loops run. The RNG states are applied later,
