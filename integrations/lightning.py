@@ -23,7 +23,7 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -44,11 +44,13 @@ from ckpt_core import (
 from ckpt_core._options import check_bool, check_int, check_mapping, check_seconds, describe
 from ckpt_core.manager import on_existing_from_flags
 from ckpt_core.signals import check_save_on_signals
+from integrations._torch_data import EpochReplay, describe_loader, unreplayable_reason
 
 __all__ = ["CkptCallback"]
 
-# Lightning versions whose internals `_lightning_checkpoint` and `_find_last_checkpoints` were
-# checked against (lightning/pytorch/trainer/connectors/checkpoint_connector.py).
+# Lightning versions whose internals `_lightning_checkpoint`, `_find_last_checkpoints` and
+# `_on_train_loaders_ready` were checked against (trainer/connectors/checkpoint_connector.py,
+# loops/fit_loop.py).
 LIGHTNING_VERSIONS_CHECKED = ("2.6.6",)
 
 
@@ -99,6 +101,29 @@ def _check_is_lightning_checkpoint(checkpoint: Any, where: Any) -> None:
             "no 'pytorch-lightning_version'). HINT: give CkptCallback a dirpath of its own, or "
             "pass overwrite=True to delete these checkpoints and start over."
         )
+
+
+def _on_train_loaders_ready(
+    trainer: Trainer, prepare: Callable[[Sequence[Any]], None]
+) -> Callable[[], None]:
+    """Call `prepare(train_loaders)` each time `fit` has set up its train loaders, before it
+    loads their saved states and creates their iterator; returns the function that undoes it.
+
+    Lightning has no hook there (`setup` is too early: the loaders do not exist yet, and
+    `on_train_start` too late: the first epoch's iterator exists), so the fit loop's private
+    `_load_combined_loader_states`, which `FitLoop.setup_data` calls at exactly that point, is
+    wrapped on this trainer's loop only (see LIGHTNING_VERSIONS_CHECKED).
+    """
+    fit_loop = trainer.fit_loop
+    load_states = fit_loop._load_combined_loader_states
+
+    def prepare_then_load_states() -> None:
+        if fit_loop._combined_loader is not None:
+            prepare(fit_loop._combined_loader.flattened)
+        load_states()
+
+    fit_loop._load_combined_loader_states = prepare_then_load_states  # type: ignore[method-assign]
+    return lambda: fit_loop.__dict__.pop("_load_combined_loader_states", None)
 
 
 def _capture_rng_states() -> dict[str, Any]:
@@ -161,8 +186,8 @@ class CkptCallback(ModelCheckpoint):
     states through a `ckpt_core.CheckpointManager`, so every checkpoint is committed atomically
     and a `SIGKILL` at any moment leaves the previous ones intact. With `resume=True`,
     `trainer.fit(model)` continues from the latest checkpoint by itself: an interrupted and
-    resumed run ends with the same weights, bit for bit on CPU, as an uninterrupted one (mid-epoch
-    positions need a stateful dataloader, one with `state_dict`/`load_state_dict`).
+    resumed run ends with the same weights, bit for bit on CPU, as an uninterrupted one, from epoch
+    ends and from mid-epoch steps alike (mid-epoch: see the notes on train dataloaders).
 
     Only global rank 0 writes; the other ranks wait at a barrier after each save.
 
@@ -217,6 +242,15 @@ class CkptCallback(ModelCheckpoint):
         * Metrics are those Lightning holds at save time (`trainer.callback_metrics`, plus
           `epoch` and `step`); after a resume, those not yet logged again are carried over from
           the checkpoint resumed, as an uninterrupted run would still hold them.
+        * Mid-epoch, a train dataloader resumes at the next batch when it has
+          `state_dict`/`load_state_dict` (Lightning restores it), or when it is a plain
+          `DataLoader` over a map-style dataset with a `RandomSampler`, `SequentialSampler` or
+          `DistributedSampler` (`shuffle=True/False`, with or without a `generator`), alone or
+          in a `BatchSampler`: the callback re-creates the epoch's order from the random states
+          recorded when it began and skips the batches already trained without loading them.
+          Random transforms in worker processes (`num_workers > 0`) are not replayed. Other
+          loaders (an `IterableDataset`, a custom sampler) restart at their first batch; the
+          first mid-epoch save warns, naming them.
         * The RNG states saved are global rank 0's; under DDP every rank resumes with them.
         * It subclasses `ModelCheckpoint` only so that Lightning's `ckpt_path="last"` finds it;
           every hook is its own (a test checks that none of ModelCheckpoint's runs).
@@ -320,6 +354,10 @@ class CkptCallback(ModelCheckpoint):
         self._due_at_epoch_end: str | None = None  # a step trigger fired at an epoch's last batch
         self._pending_rng: dict[str, Any] | None = None
         self._pending_rng_at_epoch_end = False
+        self._replays: list[EpochReplay] = []  # train loaders made resumable mid-epoch
+        self._unreplayable: list[str] = []  # train loaders that restart mid-epoch, and why
+        self._undo_loader_hook: Callable[[], None] | None = None
+        self._warned_unreplayable = False
 
     # ------------------------------------------------------------------ identity
 
@@ -419,6 +457,8 @@ class CkptCallback(ModelCheckpoint):
         self.preempted = False
         self._due_at_epoch_end = None
         self._validation_ran = False
+        self._release_train_loaders()
+        self._undo_loader_hook = _on_train_loaders_ready(trainer, self._prepare_train_loaders)
         continuing = self._last_requested or self._opened_before
         lightning_restores = self._last_requested
         self._last_requested = False
@@ -479,6 +519,31 @@ class CkptCallback(ModelCheckpoint):
         manager, self._manager = self._manager, None
         if manager is not None:
             manager.close()  # finishes a pending async save; raises if it failed
+
+    def _prepare_train_loaders(self, loaders: Sequence[Any]) -> None:
+        self._unreplayable = []
+        for loader in loaders:
+            if callable(getattr(loader, "state_dict", None)) and callable(
+                getattr(loader, "load_state_dict", None)
+            ):
+                continue  # stateful (or already made so): Lightning saves and restores it
+            reason = unreplayable_reason(loader)
+            if reason is None:
+                replay = EpochReplay(loader)
+                replay.attach()
+                self._replays.append(replay)
+            else:
+                self._unreplayable.append(f"{describe_loader(loader)} ({reason})")
+
+    def _release_train_loaders(self) -> None:
+        if self._undo_loader_hook is not None:
+            self._undo_loader_hook()
+            self._undo_loader_hook = None
+        for replay in self._replays:
+            replay.detach()
+        self._replays = []
+        self._unreplayable = []
+        self._warned_unreplayable = False  # once per `fit`
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Called by Lightning's restore, before the loops run. The RNG states are applied later,
@@ -601,6 +666,7 @@ class CkptCallback(ModelCheckpoint):
                 self._save(trainer, trigger=trigger, check_monitor=False, barrier=False)
             self.preempted = self.preempted or preempting
             self._close_writer()
+            self._release_train_loaders()  # no `teardown` follows an exception
         except Exception as e:  # never hide the exception that stopped training
             exception.add_note(f"CkptCallback: the checkpoint on exception failed: {e!r}")
             rank_zero_warn(f"CkptCallback: the checkpoint on exception failed: {e!r}")
@@ -608,6 +674,7 @@ class CkptCallback(ModelCheckpoint):
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":
             self._close_writer()
+            self._release_train_loaders()
         self._pending_rng = None
 
     def _preemption_due(self, trainer: Trainer) -> bool:
@@ -655,6 +722,16 @@ class CkptCallback(ModelCheckpoint):
     ) -> None:
         step = trainer.global_step
         metrics = self._metrics(trainer, check_monitor=check_monitor)
+        if not at_epoch_end and self._unreplayable and not self._warned_unreplayable:
+            self._warned_unreplayable = True
+            rank_zero_warn(
+                f"CkptCallback: the checkpoint at step {step} is mid-epoch, but a run resumed"
+                f" from it restarts the train dataloader {'; '.join(self._unreplayable)} at its"
+                " first batch while the epoch's batch count goes on, so it is not exact. HINT:"
+                " give the loader `state_dict()`/`load_state_dict()` (Lightning restores it),"
+                " use a map-style dataset with shuffle=True/False or a RandomSampler, or save at"
+                " epoch ends (every_n_epochs)."
+            )
         self._saving_at_epoch_end = at_epoch_end
         try:
             # Every rank builds the dict: its hooks may talk to the other ranks.

@@ -20,7 +20,15 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    IterableDataset,
+    RandomSampler,
+    Sampler,
+    TensorDataset,
+)
+from torch.utils.data.distributed import DistributedSampler
 
 from ckpt_core import CheckpointError, CheckpointExistsError, CheckpointManager
 from integrations.lightning import CkptCallback
@@ -108,12 +116,59 @@ class ResumableLoader(DataLoader):
         self.sampler._resuming = True
 
 
+class Stream(IterableDataset):
+    """An IterableDataset with no saved position: a resumed run cannot continue it mid-epoch."""
+
+    def __init__(self, dataset: TensorDataset) -> None:
+        self.dataset = dataset
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.dataset)
+
+
+class EveryOther(Sampler[int]):
+    """A custom sampler: its order cannot be replayed."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter([*range(0, self.size, 2), *range(1, self.size, 2)])
+
+
 def loaders(kind: str, n_train: int = N_TRAIN) -> tuple[DataLoader, DataLoader]:
+    """The train loader of `kind`: "stateful" has `state_dict`; the others are plain loaders,
+    shuffled by the global torch RNG ("shuffled", "workers": with 2 worker processes) or by a
+    generator seeded from it ("generator", "batch_sampler"), or by a fixed seed and the
+    epoch ("distributed"), or not replayable ("stream",
+    "custom_sampler")."""
     x, y = make_data(n_train, seed=0)
+    dataset = TensorDataset(x, y)
+    # Seeded from the run's seed: a resumed run with another seed starts it elsewhere.
+    generator = torch.Generator().manual_seed(torch.initial_seed() + 1)
+    train: DataLoader
     if kind == "stateful":
-        train: DataLoader = ResumableLoader(TensorDataset(x, y), BATCH)
-    else:  # shuffled by the global torch RNG: exact only if that RNG resumes exactly
-        train = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True)
+        train = ResumableLoader(dataset, BATCH)
+    elif kind == "shuffled":
+        train = DataLoader(dataset, batch_size=BATCH, shuffle=True)
+    elif kind == "workers":
+        train = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=2)
+    elif kind == "generator":
+        train = DataLoader(dataset, batch_size=BATCH, shuffle=True, generator=generator)
+    elif kind == "batch_sampler":
+        sampler = BatchSampler(RandomSampler(dataset, generator=generator), BATCH, False)
+        train = DataLoader(dataset, batch_sampler=sampler)
+    elif kind == "distributed":  # the sampler Lightning puts in under DDP; one replica here
+        sampler = DistributedSampler(dataset, num_replicas=1, rank=0, seed=5)
+        train = DataLoader(dataset, batch_size=BATCH, sampler=sampler)
+    elif kind == "stream":
+        train = DataLoader(Stream(dataset), batch_size=BATCH)
+    else:
+        assert kind == "custom_sampler", kind
+        train = DataLoader(dataset, batch_size=BATCH, sampler=EveryOther(len(dataset)))
     vx, vy = make_data(8, seed=1)
     return train, DataLoader(TensorDataset(vx, vy), batch_size=BATCH)
 
@@ -221,11 +276,18 @@ def assert_bit_equal(got: Any, want: Any, where: str = "") -> None:
 
 
 # Epoch-boundary runs save at every epoch end (steps 8, 16, ...); mid-epoch runs every 3 steps
-# (steps 3, 6, ..., 18, ...), with the stateful loader, so step 18 is 2 batches into epoch 2.
-# All are kept, so the runs can be compared checkpoint by checkpoint.
+# (steps 3, 6, ..., 18, ...), so step 18 is 2 batches into epoch 2: with the stateful loader
+# Lightning restores its position; plain loaders are replayed by the callback. All are kept, so
+# the runs can be compared checkpoint by checkpoint.
+MID_EPOCH = {"every_n_train_steps": 3, "max_to_keep": None}
 SCENARIOS = {
     "epoch_boundary": ("shuffled", {"max_to_keep": None}, 20, 16),
-    "mid_epoch": ("stateful", {"every_n_train_steps": 3, "max_to_keep": None}, 20, 18),
+    "mid_epoch": ("stateful", MID_EPOCH, 20, 18),
+    "mid_epoch_shuffled": ("shuffled", MID_EPOCH, 20, 18),
+    "mid_epoch_workers": ("workers", MID_EPOCH, 20, 18),
+    "mid_epoch_generator": ("generator", MID_EPOCH, 20, 18),
+    "mid_epoch_batch_sampler": ("batch_sampler", MID_EPOCH, 20, 18),
+    "mid_epoch_distributed": ("distributed", MID_EPOCH, 20, 18),
 }
 
 
@@ -249,13 +311,15 @@ def manifests(directory: Path) -> dict[int, Any]:
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_resume_after_exception_is_bit_exact(scenario, uninterrupted, tmp_path):
+def test_resume_after_exception_is_bit_exact(scenario, uninterrupted, tmp_path, recwarn):
     kind, options, crash_step, expected_resume = SCENARIOS[scenario]
     with pytest.raises(Crash):
         fit(tmp_path, kind, extra=[CrashAt(crash_step)], **options)
     # Another seed: the model, the RNG streams and the loader all start elsewhere.
     model, trainer, cb, counter = fit(tmp_path, kind, seed=99, resume=True, **options)
     assert cb.resumed_step == expected_resume
+    # Neither Lightning ("dataloader is not resumable") nor the callback warns: it is exact.
+    assert not [w for w in recwarn if "resumable" in str(w.message) or "exact" in str(w.message)]
     # Same weights, optimizer and scheduler states, and the same checkpoints on disk, with the
     # same logged metrics (a resumed run starts from the metrics of the step it resumed).
     resumed = final_state(model, trainer, counter) | {"manifests": manifests(tmp_path)}
@@ -273,6 +337,20 @@ def test_save_on_exception_resumes_from_the_failed_step(uninterrupted, tmp_path)
     assert cb.resumed_step == crash_step
     want = {k: v for k, v in uninterrupted["mid_epoch"].items() if k != "manifests"}
     assert_bit_equal(final_state(model, trainer, counter), want)
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"), [("stream", "IterableDataset"), ("custom_sampler", "custom EveryOther")]
+)
+def test_unreplayable_loader_warns_at_the_first_mid_epoch_save(kind, reason, tmp_path):
+    with pytest.warns(UserWarning) as caught:
+        fit(tmp_path, kind, max_epochs=1, every_n_train_steps=3)  # mid-epoch saves: 3 and 6
+    warned = [str(w.message) for w in caught if str(w.message).startswith("CkptCallback")]
+    assert len(warned) == 1, warned
+    message = warned[0]
+    assert "step 3 is mid-epoch" in message and "not exact" in message, message
+    assert "DataLoader(dataset=" in message and reason in message, message
+    assert "HINT" in message and "state_dict()" in message and len(message) < 600, message
 
 
 KILLED_SCRIPT = """
