@@ -622,7 +622,7 @@ def test_resuming_a_directory_of_other_checkpoints_is_a_clear_error(tmp_path):
     with CheckpointManager(directory) as mgr:  # a plain numpy run saved there before
         mgr.save(3, {"weights": np.zeros(4)})
     with pytest.raises(CheckpointError, match="not a Lightning checkpoint") as err:
-        fit(directory, "plain", resume=True, every_n_epochs=1)
+        fit(directory, "shuffled", resume=True, every_n_epochs=1)
     assert "'weights'" in str(err.value) and "dirpath of its own" in str(err.value)
     with CheckpointManager(directory, read_only=True) as ro:
         assert ro.all_steps() == [3]  # nothing of the run was touched
