@@ -31,17 +31,20 @@ def strip_device_axis(tree: Any) -> Any:
     return _tree.rebuild_like(tree, strip)
 
 
-def replicate(tree: Any, n_devices: int, *, caller: str) -> Any:
+def replicate(tree: Any, n_devices: int, *, caller: str, on_devices: bool | None = None) -> Any:
     """`tree` with every array leaf broadcast to `(n_devices, *shape)`.
 
-    jax arrays are placed one copy per local device (the first `n_devices`); numpy arrays and
+    With `on_devices` (default: when the tree holds a jax array) every array becomes a jax
+    array with one copy per local device (the first `n_devices`); otherwise numpy arrays and
     torch tensors are stacked on the host, as they were loaded.
 
     Raises:
         ValueError: `n_devices` is not a positive int, or jax has fewer local devices.
     """
     check_int("replicate_to", n_devices, minimum=1, example=1)
-    if any(_tree.is_jax_array(leaf) for _, leaf in _tree.iter_leaves_lenient(tree)):
+    if on_devices is None:
+        on_devices = any(_tree.is_jax_array(x) for _, x in _tree.iter_leaves_lenient(tree))
+    if on_devices:
         return _replicate_jax(tree, n_devices, caller)
 
     def broadcast(_path: _tree.Path, x: Any) -> Any:
