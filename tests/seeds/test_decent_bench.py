@@ -10,6 +10,8 @@ run metadata; `create_backup()` is `backup(path)`.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -130,6 +132,11 @@ def test_an_interrupted_benchmark_resumes_and_loads_finished_trials(tmp_path):
     with CheckpointManager(root, read_only=True) as bench:
         assert bench.run_metadata["user"] == {"seed": 7}
     assert load_checkpoint(root / "benchmark_problem", allow_pickle=True) == {"seed": 7}
+    listing = subprocess.run(
+        [sys.executable, "-m", "ckpt_core.cli", "ls", str(root)], capture_output=True, text=True
+    )
+    assert listing.returncode == 0, listing.stderr
+    assert all(f"algorithm_{a}/trial_{t}" in listing.stdout for a, t in reference)
 
 
 def test_pickles_are_zstd_compressed_keep_shared_references_and_load_only_when_allowed(
