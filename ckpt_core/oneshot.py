@@ -53,21 +53,21 @@ def _split(path: str | os.PathLike[str]) -> tuple[Storage, str]:
     return storage, name
 
 
-def _is_run(path: str | os.PathLike[str]) -> bool | None:
-    """True for a run directory, False for one checkpoint's directory, None if neither yet.
+Kind = Literal["checkpoint", "run", "empty", "other"]
 
-    A checkpoint directory holds a manifest; a run directory holds steps, `run.json` or the
-    library's pointers. A missing or empty directory is neither: `step=` decides.
-    """
+
+def _kind(path: str | os.PathLike[str]) -> Kind:
+    """What `path` holds: one checkpoint (a manifest), a run (steps, `run.json` or the library's
+    pointers), nothing (missing or empty: `step=` decides), or only other files."""
     storage = open_storage(path, None)
     names = set(storage.list_names())
     if layout.MANIFEST in names:
-        return False
+        return "checkpoint"
     if names & {layout.RUN_FILE, layout.LATEST_POINTER, layout.BEST_POINTER} or any(
         layout.parse_step(n) is not None for n in names
     ):
-        return True
-    return None
+        return "run"
+    return "other" if names else "empty"
 
 
 def _pointer(path: str | os.PathLike[str]) -> tuple[str, Literal["latest", "best"]] | None:
@@ -77,7 +77,7 @@ def _pointer(path: str | os.PathLike[str]) -> tuple[str, Literal["latest", "best
     if name not in (layout.BEST_POINTER, layout.LATEST_POINTER) or not parent:
         return None
     storage = open_storage(parent, None)
-    if storage.exists(f"{name}/{layout.MANIFEST}") or not _is_run(parent):
+    if storage.exists(f"{name}/{layout.MANIFEST}") or _kind(parent) != "run":
         return None
     return parent, "best" if name == layout.BEST_POINTER else "latest"
 
@@ -95,14 +95,21 @@ def _target(
                 f"{pointer[0]!r} with step=, or the pointer alone."
             )
         return pointer[0], pointer[1], True
-    kind = _is_run(path)
-    if kind is False and step is not None:
+    kind = _kind(path)
+    if kind == "checkpoint" and step is not None:
         raise ValueError(
             f"{who} got step={describe(step)} but {os.fspath(path)!r} is one checkpoint's "
             f"directory (it holds {layout.MANIFEST}), not a run directory of steps. HINT: drop "
             "step=, or pass the run directory that holds step_* directories."
         )
-    return path, step, bool(kind) or (kind is None and step is not None)
+    if kind == "other" and step is not None and who == "save_checkpoint":
+        raise CheckpointExistsError(
+            f"{os.fspath(path)!r} holds files but no checkpoints; save_checkpoint(step=...) "
+            "writes into a new or empty directory or an existing run. HINT: choose another "
+            "directory, or open CheckpointManager(path, on_existing='resume') to start a run "
+            "beside your files."
+        )
+    return path, step, kind == "run" or (kind != "checkpoint" and step is not None)
 
 
 def _open_run(run: str | os.PathLike[str], allow_pickle: bool = False) -> CheckpointManager:
@@ -209,7 +216,7 @@ def _save_step(
     """Save one step into `run` through a manager holding its lock, with its recorded retention
     (none recorded: keep every step)."""
     recorded = RetentionPolicy(max_to_keep=None)
-    if _is_run(run):
+    if _kind(run) == "run":
         with _open_run(run) as reader:
             recorded = reader.policy
     try:

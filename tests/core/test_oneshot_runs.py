@@ -115,6 +115,11 @@ def test_ambiguous_and_missing_paths_say_what_to_do(tmp_path):
     (tmp_path / "notes" / "todo.txt").write_text("mine")
     with pytest.raises(CheckpointExistsError, match="not a checkpoint"):
         save_checkpoint(tmp_path / "notes", state(1.0))
+    with pytest.raises(CheckpointExistsError, match=r"holds files but no checkpoints.*HINT"):
+        save_checkpoint(tmp_path / "notes", state(1.0), step=1)
+    (tmp_path / "empty").mkdir()
+    save_checkpoint(tmp_path / "empty", state(1.0), step=1)
+    assert checkpoint_exists(tmp_path / "empty", step=1)
     assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["todo.txt"]
 
 

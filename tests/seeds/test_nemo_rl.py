@@ -116,6 +116,7 @@ def test_resaving_a_step_when_resuming_replaces_it(tmp_path):
         assert mgr.metrics(10) == {"val_loss": 0.5}
         weight = mgr.restore(10, policy_state(0))["policy"]["weight"]
         assert torch.equal(weight, policy_state(2)["policy"]["weight"])
+        mgr.wait()  # the replaced step's files are removed in the background
         assert sorted(p.name for p in (tmp_path / "results").iterdir() if "step" in p.name) == [
             "step_00000010"
         ]
