@@ -31,8 +31,8 @@ from .storage import Storage, open_storage
 StepSpec = int | Literal["latest", "best"] | None
 
 
-def _split(path: str | os.PathLike[str]) -> tuple[Storage, str]:
-    """The storage of `path`'s parent and `path`'s name; interrupted replacements repaired."""
+def _parent_and_name(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """`path`'s parent directory (or URL) and its last name; no I/O."""
     text = os.fspath(path).rstrip("/")
     if "://" in text:
         protocol, rest = text.split("://", 1)
@@ -46,6 +46,12 @@ def _split(path: str | os.PathLike[str]) -> tuple[Storage, str]:
             f"{path!r} does not name a checkpoint directory inside a directory or bucket; "
             "HINT: e.g. 'runs/model' or 's3://bucket/model'."
         )
+    return parent, name
+
+
+def _split(path: str | os.PathLike[str]) -> tuple[Storage, str]:
+    """The storage of `path`'s parent and `path`'s name; interrupted replacements repaired."""
+    parent, name = _parent_and_name(path)
     storage = open_storage(parent, None)
     for entry in storage.list_names():
         if layout.replaced_entry_of(entry) == name:  # a save killed between its two renames
@@ -72,9 +78,8 @@ def _kind(path: str | os.PathLike[str]) -> Kind:
 
 def _pointer(path: str | os.PathLike[str]) -> tuple[str, Literal["latest", "best"]] | None:
     """For `run/best` or `run/latest` naming a run's pointer (not a directory): the run and it."""
-    text = os.fspath(path).rstrip("/")
-    parent, name = posixpath.split(text) if "://" in text else os.path.split(text)
-    if name not in (layout.BEST_POINTER, layout.LATEST_POINTER) or not parent:
+    parent, name = _parent_and_name(path)
+    if name not in (layout.BEST_POINTER, layout.LATEST_POINTER):
         return None
     storage = open_storage(parent, None)
     if storage.exists(f"{name}/{layout.MANIFEST}") or _kind(parent) != "run":
@@ -86,7 +91,12 @@ def _target(
     path: str | os.PathLike[str], step: Any, who: str
 ) -> tuple[str | os.PathLike[str], StepSpec, bool]:
     """`(directory, step, is_run)` for a one-shot call; `run/best` becomes `(run, "best")`."""
-    pointer = _pointer(path)
+    try:
+        pointer = _pointer(path)
+    except ValueError:  # a bucket root: a run with step=, never one checkpoint
+        if step is None:
+            raise
+        pointer = None
     if pointer is not None:
         if step is not None:
             raise ValueError(
