@@ -78,7 +78,7 @@ def _replicate_jax(tree: Any, n_devices: int, caller: str) -> Any:
             return jax.device_put(
                 jax.numpy.broadcast_to(one[None], (n_devices, *x.shape)), sharding
             )
-        if _tree.is_array(x):
+        if _tree.is_array(x) or isinstance(x, bool | int | float | complex):  # as jax.tree.map
             stacked = np.broadcast_to(np.asarray(x)[None], (n_devices, *np.shape(x)))
             return jax.device_put(stacked, sharding)
         return x
