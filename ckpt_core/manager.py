@@ -548,13 +548,16 @@ class CheckpointManager:
     def metadata(self, step: StepSpec = None) -> Any:
         return self.info(step).metadata
 
-    def restore(self, step: StepSpec = None, *, like: Any = None, lazy: bool = False) -> Any:
+    def restore(self, step: StepSpec = None, like: Any = None, *, lazy: bool = False) -> Any:
         """Read a committed step back, verifying every file's size and checksum.
+
+        Example:
+            >>> state = mgr.restore(mgr.latest_step(), state)  # orbax / vibe-rl order
 
         Args:
             step: an int, "latest" (also None) or "best".
-            like: a tree to restore into: the result has its structure and leaf types (torch
-                tensors on its devices, jax arrays in its shardings).
+            like: a tree to restore into, also positional: the result has its structure and
+                leaf types (torch tensors on its devices, jax arrays in its shardings).
             lazy: memory-map payloads where the format can (`torch`), instead of reading them.
 
         Raises:
@@ -848,8 +851,8 @@ def _as_step(step: Any, *, reading: bool = False) -> int:
             hint = "HINT: pass the step number, e.g. 100."
         elif reading:  # the state passed where the step goes: restore(state)
             hint = (
-                "HINT: the first argument is the step; pass the tree to restore into as "
-                "like=, e.g. restore(like=state)."
+                "HINT: the first argument is the step; pass the tree to restore into after "
+                "it or as like=, e.g. restore(step, state) or restore(like=state)."
             )
         else:
             hint = "HINT: the step comes first: save(step, state)."

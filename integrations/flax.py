@@ -35,6 +35,8 @@ from flax import nnx
 from ckpt_core import CheckpointManager
 from ckpt_core._options import check_bool, check_int, check_seconds
 from ckpt_core.manager import on_existing_from_flags
+from ckpt_core.replication import replicate
+from ckpt_core.replication import strip_device_axis as _strip_device_axis
 from ckpt_core.signals import check_save_on_signals
 
 __all__ = ["CkptHook"]
@@ -410,21 +412,6 @@ def _is_array(x: Any) -> bool:
     return isinstance(x, jax.Array | np.ndarray)
 
 
-def _strip_device_axis(tree: Any) -> Any:
-    """Drop the leading device axis of every array leaf, reading device 0's copy."""
-
-    def strip(x: Any) -> Any:
-        if not _is_array(x) or x.ndim == 0:
-            return x
-        if isinstance(x, jax.Array) and len(x.addressable_shards) > 1:
-            # Device 0's shard already is the unreplicated value: no gather, no compute.
-            shard = x.addressable_shards[0].data
-            return shard if x.sharding.is_fully_replicated else shard.reshape(x.shape[1:])
-        return x[0]
-
-    return jax.tree.map(strip, tree)
-
-
 def _leading_axis(tree: Any) -> int | None:
     """The size of the device axis of a replicated state (its first array leaf's axis 0)."""
     for leaf in jax.tree.leaves(_nnx_to_pure(tree)):
@@ -435,22 +422,4 @@ def _leading_axis(tree: Any) -> int | None:
 
 def _replicate(tree: Any, n_devices: int) -> Any:
     """Broadcast every leaf onto the first `n_devices` local devices along a new axis 0."""
-    devices = jax.local_devices()[:n_devices]
-    if len(devices) < n_devices:
-        raise ValueError(
-            f"CkptHook cannot replicate the restored state onto {n_devices} devices: this "
-            f"process has {len(devices)}. HINT: pass replicate_to=jax.local_device_count()."
-        )
-    mesh = jax.sharding.Mesh(np.array(devices), ("device",))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("device"))
-
-    def broadcast(x: Any) -> Any:
-        if isinstance(x, jax.Array):
-            one = jax.device_put(x, devices[0])
-            return jax.device_put(
-                jax.numpy.broadcast_to(one[None], (n_devices, *x.shape)), sharding
-            )
-        stacked = np.broadcast_to(np.asarray(x)[None], (n_devices, *np.shape(x)))
-        return jax.device_put(stacked, sharding)
-
-    return jax.tree.map(broadcast, tree)
+    return replicate(tree, n_devices, caller="CkptHook", on_devices=True)

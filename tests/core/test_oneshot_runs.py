@@ -1,0 +1,138 @@
+"""The one-shot functions on run directories (`step=`, `run/best`, `run/latest`), the
+device axis (`unreplicate`, `replicate_to`) and `restore(step, like)` with `like` positional."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ckpt_core import (
+    CheckpointExistsError,
+    CheckpointLockedError,
+    CheckpointManager,
+    CheckpointNotFoundError,
+    checkpoint_exists,
+    load_checkpoint,
+    load_metadata,
+    save_checkpoint,
+)
+
+
+def state(value: float) -> dict[str, np.ndarray]:
+    return {"w": np.full(3, value), "b": np.full((), value)}
+
+
+def test_restore_takes_like_positionally(run_dir):
+    import torch
+
+    with CheckpointManager(run_dir) as mgr:
+        mgr.save(5, state(1.0))
+        restored = mgr.restore(5, {"w": torch.zeros(3, dtype=torch.float64), "b": 0.0})
+        assert isinstance(restored["w"], torch.Tensor) and restored["w"].tolist() == [1.0] * 3
+        assert mgr.restore(None, state(0.0), lazy=True)["w"].tolist() == [1.0] * 3
+        with pytest.raises(ValueError, match=r"restore\(step, state\)"):
+            mgr.restore(state(0.0))
+
+
+def test_a_step_saved_into_a_run_is_read_by_the_manager_and_ckpt(run_dir):
+    save_checkpoint(run_dir, state(1.0), step=1000, metadata={"env": "CartPole-v1"})
+    save_checkpoint(run_dir, state(2.0), step=2000, metrics={"loss": 0.5})
+
+    assert load_checkpoint(run_dir, like=state(0.0), step=1000)["w"].tolist() == [1.0] * 3
+    assert load_checkpoint(run_dir, like=state(0.0))["w"].tolist() == [2.0] * 3  # latest
+    assert load_metadata(run_dir, step=1000) == {"env": "CartPole-v1"}
+    assert load_metadata(run_dir) is None
+    assert checkpoint_exists(run_dir, step=1000) and not checkpoint_exists(run_dir, step=3000)
+    with CheckpointManager(run_dir, on_existing="resume") as mgr:
+        assert mgr.all_steps() == [1000, 2000]
+        assert mgr.metrics(2000) == {"loss": 0.5}
+    listing = subprocess.run(
+        [sys.executable, "-m", "ckpt_core.cli", "ls", str(run_dir)], capture_output=True, text=True
+    )
+    assert listing.returncode == 0 and "2000" in listing.stdout, listing.stderr
+
+
+def test_a_run_save_applies_the_runs_recorded_retention(run_dir):
+    with CheckpointManager(run_dir, max_to_keep=2, best_fn="loss", keep_best=1) as mgr:
+        mgr.save(1, state(1.0), metrics={"loss": 0.1})
+        mgr.save(2, state(2.0), metrics={"loss": 0.9})
+    save_checkpoint(run_dir, state(3.0), step=3, metrics={"loss": 0.5})
+    assert CheckpointManager(run_dir, read_only=True).all_steps() == [1, 2, 3]  # 1 is best
+    save_checkpoint(run_dir, state(4.0), step=4, metrics={"loss": 0.7})
+    assert CheckpointManager(run_dir, read_only=True).all_steps() == [1, 3, 4]
+
+
+def test_best_and_latest_work_as_paths_and_as_steps(run_dir):
+    with CheckpointManager(run_dir, best_fn="reward", best_mode="max") as mgr:
+        for step, reward in ((1, 3.0), (2, 9.0), (3, 5.0)):
+            mgr.save(step, state(float(step)), metrics={"reward": reward})
+    assert load_checkpoint(run_dir / "best")["w"].tolist() == [2.0] * 3
+    assert load_checkpoint(run_dir, step="best")["w"].tolist() == [2.0] * 3
+    assert load_checkpoint(f"{run_dir}/latest/")["w"].tolist() == [3.0] * 3
+    assert checkpoint_exists(run_dir / "best")
+    with pytest.raises(ValueError, match="both pick the step"):
+        load_checkpoint(run_dir / "best", step=1)
+
+
+def test_best_without_a_recorded_metric_names_the_fix(run_dir):
+    save_checkpoint(run_dir, state(1.0), step=1)
+    with pytest.raises(CheckpointNotFoundError, match=r"records no best_fn.*HINT"):
+        load_checkpoint(run_dir, step="best")
+    assert not checkpoint_exists(run_dir, step="best")
+    assert not checkpoint_exists(run_dir / "best")
+
+
+def test_a_manager_writing_the_run_locks_out_save_checkpoint(run_dir):
+    with CheckpointManager(run_dir) as mgr:
+        mgr.save(1, state(1.0))
+        with pytest.raises(CheckpointLockedError, match="save_checkpoint cannot add step 2"):
+            save_checkpoint(run_dir, state(2.0), step=2)
+        assert mgr.all_steps() == [1]
+        assert load_checkpoint(run_dir, step=1)["w"].tolist() == [1.0] * 3  # reading is fine
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith("step_")) == [
+        "step_00000001"
+    ]
+
+
+def test_ambiguous_and_missing_paths_say_what_to_do(tmp_path):
+    one = tmp_path / "agent.ckpt"
+    save_checkpoint(one, state(1.0))
+    with pytest.raises(ValueError, match=r"one checkpoint's directory.*HINT: drop step="):
+        load_checkpoint(one, step=3)
+    with pytest.raises(ValueError, match=r"one checkpoint's directory"):
+        save_checkpoint(one, state(1.0), step=3)
+    save_checkpoint(tmp_path / "run", state(1.0), step=1)
+    with pytest.raises(ValueError, match=r"needs the step number.*step=1000"):
+        save_checkpoint(tmp_path / "run", state(1.0))
+    with pytest.raises(CheckpointNotFoundError, match="step 7"):
+        load_checkpoint(tmp_path / "run", step=7)
+    with pytest.raises(CheckpointNotFoundError, match="does not exist"):
+        load_checkpoint(tmp_path / "nowhere", step=1)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    with pytest.raises(CheckpointExistsError, match="not a checkpoint"):
+        save_checkpoint(tmp_path / "notes", state(1.0))
+    with pytest.raises(CheckpointExistsError, match=r"holds files but no checkpoints.*HINT"):
+        save_checkpoint(tmp_path / "notes", state(1.0), step=1)
+    (tmp_path / "empty").mkdir()
+    save_checkpoint(tmp_path / "empty", state(1.0), step=1)
+    assert checkpoint_exists(tmp_path / "empty", step=1)
+    assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["todo.txt"]
+
+
+def test_unreplicate_on_save_and_replicate_to_on_load(run_dir):
+    import torch
+
+    replicated = {"w": np.stack([np.arange(3.0)] * 4), "t": torch.ones(4, 2), "n": 7}
+    save_checkpoint(run_dir, replicated, step=1, unreplicate=True)
+    single = load_checkpoint(run_dir, step=1)
+    assert single["w"].tolist() == [0.0, 1.0, 2.0] and tuple(single["t"].shape) == (2,)
+    back = load_checkpoint(run_dir, step=1, replicate_to=4)
+    assert back["w"].shape == (4, 3) and tuple(back["t"].shape) == (4, 2) and back["n"] == 7
+    with pytest.raises(TypeError, match="replicate_to"):
+        load_checkpoint(run_dir, step=1, replicate_to="4")
+    with pytest.raises(TypeError, match="unreplicate"):
+        save_checkpoint(run_dir, replicated, step=2, unreplicate="yes")
