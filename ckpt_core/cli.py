@@ -1272,7 +1272,14 @@ def _positive(text: str) -> int:
 
 def _positive_or_none(text: str) -> int | str:
     """A positive integer, or 'none' to turn off a rule the run recorded."""
-    return OFF if text.lower() == OFF else _positive(text)
+    if text.lower() == OFF:
+        return OFF
+    try:
+        return _positive(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or {OFF!r} (no such rule), got {text!r}"
+        ) from None
 
 
 def _non_negative(text: str) -> int:
