@@ -1,10 +1,12 @@
 """The `ckpt` command: see, verify and prune checkpoint directories.
 
-    ckpt ls DIR                 steps of every run at or below DIR, and why each is kept
-    ckpt show DIR [STEP]        a step's manifest and its tree of arrays (no array loaded)
+    ckpt ls DIR [DIR ...]       steps of every run at or below each DIR, and why each is kept
+    ckpt show DIR [STEP]        a step's manifest and its tree of arrays (no array loaded);
+                                --depth N and --path PREFIX|GLOB keep a big tree short
     ckpt verify DIR [STEP]      sizes and checksums of every file; exit status 1 on damage
-    ckpt prune DIR --max-to-keep N ... [--dry-run]
-    ckpt best DIR [--metric NAME --mode min|max]
+    ckpt prune DIR --max-to-keep N|all --keep-period P|none ... [--dry-run]
+    ckpt best DIR [--metric NAME --mode min|max]   what to load: torch steps' state.pt, else
+                                the step directory; never a step that fails its checksums
 
 Exit status: 0 success, 1 damage found, 2 bad input (one line on stderr, never a traceback).
 Human output is a rich table on a terminal and plain columns when piped; `--json` for scripts.
@@ -650,7 +652,9 @@ class _Subtree(TreeEntry):
     leaves: int = 0
 
 
-def _filter_tree(entries: list[TreeEntry], pattern: str | None, depth: int | None) -> list[Any]:
+def _filter_tree(
+    entries: list[TreeEntry], pattern: str | None, depth: int | None
+) -> list[TreeEntry]:
     """The leaves `ckpt show --path/--depth` asks for: those under `pattern` (a path prefix or
     a glob matching a leaf or any of its parents), and below `depth` levels one row per subtree.
     """
@@ -804,11 +808,11 @@ def _render_show(out: Output, doc: dict[str, Any]) -> None:
     if tree["leaves"] != len(entries) or any(e["kind"] == "subtree" for e in entries):
         wanted = [f"under {tree['filter']['path']!r}"] if tree["filter"]["path"] else []
         if tree["filter"]["depth"] is not None:
-            wanted.append(f"{tree['filter']['depth']} levels deep")
+            wanted.append(f"{tree['filter']['depth']} levels deep, deeper ones folded per subtree")
         shown = [e for e in entries if e["kind"] != "subtree"]
         out.line(
-            f"tree  ·  {len(shown)} of {tree['leaves']} leaves shown ({', '.join(wanted)}), "
-            f"deeper ones folded per subtree  ·  read from {tree['source']}; no array loaded",
+            f"tree  ·  {len(shown)} of {tree['leaves']} leaves shown ({'; '.join(wanted)})  ·  "
+            f"read from {tree['source']}; no array loaded",
             style="bold",
         )
         if not entries:
@@ -1094,7 +1098,7 @@ def _prune(
     mgr: CheckpointManager | None,
     before: RunListing,
 ) -> int:
-    listing = scan_run(storage)
+    listing = before if mgr is None else scan_run(storage)  # the manager may have swept
     retention = _retention(args, before.run_doc, before.run_doc_error)
     why = retention.reasons(listing)
     doomed = [s for s, r in why.items() if not r]
@@ -1413,7 +1417,12 @@ def build_parser() -> argparse.ArgumentParser:
         "given take the run's recorded retention (else the CheckpointManager defaults)",
     )
     prune.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
-    best = command("best", "print the path of the best step (for shell scripts)", cmd_best)
+    best = command(
+        "best",
+        "print what to load for the best intact step (a torch step's state.pt, else the step "
+        "directory), for shell scripts",
+        cmd_best,
+    )
     best.add_argument("--metric", help="rank by this metric (default: the run's best pointer)")
     best.add_argument(
         "--mode", choices=("min", "max"), help="which metric values are better (default min)"

@@ -565,7 +565,7 @@ def test_show_depth_and_path_filter(tmp_path: Path) -> None:
     assert "loops/" in out.stdout and "12 leaves, 0 arrays" in out.stdout
     assert "state_dict/" in out.stdout and "2 leaves, 2 arrays" in out.stdout
     assert "fit_loop" not in out.stdout and "3 of 15 leaves shown" not in out.stdout
-    assert "1 of 15 leaves shown (1 levels deep)" in out.stdout
+    assert "1 of 15 leaves shown (1 levels deep, deeper ones folded" in out.stdout
     doc = ckpt_json("show", tmp_path / "r", "--depth", 1)
     entries = {e["path"]: e for e in doc["tree"]["entries"]}
     assert set(entries) == {"state_dict/", "loops/", "epoch"}
