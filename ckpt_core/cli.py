@@ -1,10 +1,12 @@
 """The `ckpt` command: see, verify and prune checkpoint directories.
 
-    ckpt ls DIR                 steps of every run at or below DIR, and why each is kept
-    ckpt show DIR [STEP]        a step's manifest and its tree of arrays (no array loaded)
+    ckpt ls DIR [DIR ...]       steps of every run at or below each DIR, and why each is kept
+    ckpt show DIR [STEP]        a step's manifest and its tree of arrays (no array loaded);
+                                --depth N and --path PREFIX|GLOB keep a big tree short
     ckpt verify DIR [STEP]      sizes and checksums of every file; exit status 1 on damage
-    ckpt prune DIR --max-to-keep N ... [--dry-run]
-    ckpt best DIR [--metric NAME --mode min|max]
+    ckpt prune DIR --max-to-keep N|all --keep-period P|none ... [--dry-run]
+    ckpt best DIR [--metric NAME --mode min|max]   what to load: torch steps' state.pt, else
+                                the step directory; never a step that fails its checksums
 
 Exit status: 0 success, 1 damage found, 2 bad input (one line on stderr, never a traceback).
 Human output is a rich table on a terminal and plain columns when piped; `--json` for scripts.
@@ -13,6 +15,7 @@ Human output is a rich table on a terminal and plain columns when piped; `--json
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import math
 import os
@@ -29,6 +32,7 @@ from .formats.base import StepReader
 from .info import CheckpointInfo
 from .inspect import (
     RunListing,
+    TreeEntry,
     TreeListing,
     age,
     find_runs,
@@ -36,7 +40,6 @@ from .inspect import (
     list_tree,
     open_directory,
     read_manifest,
-    read_run_doc,
     scan_run,
 )
 from .manifest import CHECKSUM, Manifest
@@ -61,6 +64,9 @@ DEFAULT_RETENTION: dict[str, Any] = {
 }
 
 
+OFF = "none"  # `--keep-period none`, `--metric none`: turn off a rule the run recorded
+
+
 class BadInput(Exception):
     """Input the command cannot work with: printed as one line on stderr, exit status 2."""
 
@@ -79,13 +85,27 @@ class Output:
 
             self.console = Console(highlight=False, soft_wrap=False)
 
+    def width(self) -> int | None:
+        """The columns a table should fit in: the terminal's (`COLUMNS` overrides it), or None
+        when piped, where one line per row keeps the output easy to grep."""
+        return None if self.console is None else int(self.console.width)
+
+    def table_overhead(self, n_columns: int, n_rows: int) -> int:
+        """The columns `table` adds to the widths of its cells: indent, gaps, rich's borders."""
+        if self.console is None or n_rows > RICH_TABLE_MAX_ROWS:
+            return 2 + 2 * (n_columns - 1)
+        return 2 + 3 * (n_columns - 1)
+
     def line(self, text: str = "", style: str | None = None) -> None:
         if self.console is None:
             print(text)
         else:
+            from rich.padding import Padding
             from rich.text import Text
 
-            self.console.print(Text(text, style=style or ""))
+            # an indented line wraps under its own indent on a narrow terminal
+            indent = len(text) - len(text.lstrip(" "))
+            self.console.print(Padding(Text(text[indent:], style=style or ""), (0, 0, 0, indent)))
 
     def table(
         self,
@@ -101,28 +121,32 @@ class Output:
         if not rows:
             return
         if self.console is None or len(rows) > RICH_TABLE_MAX_ROWS:
-            widths = [len(title) for title, _ in columns]
-            for row in rows:
-                for i, cell in enumerate(row):
-                    widths[i] = max(widths[i], len(cell))
+            widths = plain_widths(columns, rows)
             lines = []
-            for row in [[title.upper() for title, _ in columns], *rows]:
-                cells = [
-                    cell.rjust(w) if justify == "right" else cell.ljust(w)
-                    for cell, w, (_, justify) in zip(row, widths, columns)
-                ]
-                lines.append("  " + "  ".join(cells).rstrip())
+            line_styles: list[str | None] = ["bold"]
+            for r, row in enumerate([[title.upper() for title, _ in columns], *rows]):
+                # A cell with newlines spans several lines (e.g. one metric per line).
+                parts = [cell.split("\n") for cell in row]
+                for k in range(max(len(p) for p in parts)):
+                    cells = [
+                        (p[k] if k < len(p) else "").rjust(w)
+                        if justify == "right"
+                        else (p[k] if k < len(p) else "").ljust(w)
+                        for p, w, (_, justify) in zip(parts, widths, columns)
+                    ]
+                    lines.append("  " + "  ".join(cells).rstrip())
+                    if r:
+                        line_styles.append(styles[r - 1] if styles else None)
             if self.console is not None:
                 # A long table on a terminal: the same columns, coloured line by line (a rich
                 # Table lays out 10,000 rows in seconds; this takes milliseconds).
                 from rich.style import Style
 
                 system = self.console.color_system
-                paint = {s: Style.parse(s) for s in {*(styles or ()), "bold"} if s}
-                lines[0] = paint["bold"].render(lines[0], color_system=system)
-                for i, style in enumerate(styles or ()):
+                paint = {s: Style.parse(s) for s in {*line_styles} if s}
+                for i, style in enumerate(line_styles):
                     if style:
-                        lines[i + 1] = paint[style].render(lines[i + 1], color_system=system)
+                        lines[i] = paint[style].render(lines[i], color_system=system)
             print("\n".join(lines))
             return
         from rich import box
@@ -141,6 +165,15 @@ class Output:
             style = styles[i] if styles else None
             table.add_row(*(Text(cell) for cell in row), style=style or "")
         self.console.print(table)
+
+
+def plain_widths(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[str]]) -> list[int]:
+    """Each column's width in plain output: its widest line (a cell may hold several lines)."""
+    widths = [len(title) for title, _ in columns]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], *(len(part) for part in cell.split("\n")))
+    return widths
 
 
 def _print_json(doc: Any) -> None:
@@ -309,10 +342,14 @@ class Retention:
         return listing.best_pointer if listing.best_pointer in committed else None
 
 
-def _retention(args: argparse.Namespace, run_doc: dict[str, Any]) -> Retention:
+def _retention(
+    args: argparse.Namespace, run_doc: dict[str, Any], run_doc_error: str | None = None
+) -> Retention:
     """Command-line options over the run's recorded retention over the manager's defaults."""
     options = dict(DEFAULT_RETENTION)
     source = "CheckpointManager defaults; pass the run's options to match it"
+    if run_doc_error is not None:
+        source = "CheckpointManager defaults: run.json is unreadable; pass the run's options"
     recorded = run_doc.get("retention")
     if isinstance(recorded, dict):
         options.update({k: v for k, v in recorded.items() if k in options})
@@ -330,6 +367,8 @@ def _retention(args: argparse.Namespace, run_doc: dict[str, Any]) -> Retention:
     if given:
         options.update(given)
         options["max_to_keep"] = None if options["max_to_keep"] == "all" else options["max_to_keep"]
+        for off in ("keep_period", "best_fn"):
+            options[off] = None if options[off] == OFF else options[off]
         recorded_too = isinstance(recorded, dict)
         source = f"command line + {source}" if recorded_too else "from the command line"
     try:
@@ -342,23 +381,36 @@ def _retention(args: argparse.Namespace, run_doc: dict[str, Any]) -> Retention:
 
 
 def cmd_ls(args: argparse.Namespace, out: Output) -> int:
-    runs = _runs(args.directory)
+    runs: list[str] = []
+    for directory in args.directories:
+        found = _runs(directory)
+        if _is_url(directory) and not _has_entries(found[0]):
+            raise BadInput(f"{directory} holds no checkpoint steps")
+        # `ckpt ls runs runs/a`: a run named twice is listed once
+        seen = {os.path.normpath(r) for r in runs}
+        runs += [r for r in found if os.path.normpath(r) not in seen]
     listings = [scan_run(open_directory(run)) for run in runs]
-    if _is_url(args.directory) and not (listings[0].steps or listings[0].others):
-        raise BadInput(f"{args.directory} holds no checkpoint steps")
     now = time.time()
     docs = []
     for listing in listings:
-        retention = _retention(args, listing.run_doc)
+        retention = _retention(args, listing.run_doc, listing.run_doc_error)
         docs.append(_ls_doc(listing, retention))
     if args.json:
-        _print_json({"directory": args.directory, "runs": docs})
+        head: dict[str, Any] = {"directories": list(args.directories)}
+        if len(args.directories) == 1:
+            head["directory"] = args.directories[0]
+        _print_json({**head, "runs": docs})
         return EXIT_OK
     for i, (run, listing, doc) in enumerate(zip(runs, listings, docs)):
         if i:
             out.line()
         _render_run(out, run, listing, doc, now)
     return EXIT_OK
+
+
+def _has_entries(url: str) -> bool:
+    listing = scan_run(open_directory(url))
+    return bool(listing.steps or listing.others)
 
 
 def _ls_doc(listing: RunListing, retention: Retention) -> dict[str, Any]:
@@ -382,6 +434,7 @@ def _ls_doc(listing: RunListing, retention: Retention) -> dict[str, Any]:
     doc = listing.run_doc
     return {
         "directory": listing.directory,
+        "run_json_error": listing.run_doc_error,
         "complete": listing.complete,
         "completed_at": doc.get("completed_at"),
         "final_step": doc.get("final_step"),
@@ -391,7 +444,14 @@ def _ls_doc(listing: RunListing, retention: Retention) -> dict[str, Any]:
         "total_bytes": sum(i.bytes for i in listing.steps),
         "steps": steps,
         "other": [
-            {"name": o.name, "kind": o.kind, "step": o.step, "detail": o.detail, "mtime": o.mtime}
+            {
+                "name": o.name,
+                "kind": o.kind,
+                "step": o.step,
+                "detail": o.detail,
+                "mtime": o.mtime,
+                "bytes": o.bytes,
+            }
             for o in listing.others
         ],
     }
@@ -415,34 +475,37 @@ def _render_run(
     retention = Retention(_policy_of(doc["retention"]), doc["retention"]["source"])
     has_pointer = listing.best_pointer is not None
     out.line(f"  why kept: {retention.describe(has_pointer)}", style="dim")
-    rows: list[list[str]] = []
-    styles: list[str | None] = []
+    if doc["run_json_error"]:
+        out.line(f"  {_run_doc_warning(doc['run_json_error'])}", style="bold red")
+    monitored = doc["retention"]["best_fn"]
     entries: list[tuple[int, int, dict[str, Any]]] = [(s["step"], 0, s) for s in steps]
     entries += [(o["step"] if o["step"] is not None else -1, 1, o) for o in doc["other"]]
     if doc["other"]:
         entries.sort(key=lambda e: (e[0], e[1]))
     kinds_seen: dict[str, str] = {}
+    cells: list[list[list[str]]] = []  # per row, per column: the items of the cell
+    styles: list[str | None] = []
     for _, is_other, entry in entries:
         if is_other:
             saved, ago = _when(entry["mtime"], now)
             step = "?" if entry["step"] is None else str(entry["step"])
             kind = entry["kind"].upper()
             kinds_seen[kind] = entry["detail"]
-            rows.append([step, saved, ago, "-", "-", kind, entry["name"]])
+            size = "-" if entry["bytes"] is None else human_bytes(entry["bytes"])
+            cells.append([[step], [saved], [ago], [size], ["-"], [kind], [entry["name"]]])
             styles.append("yellow" if entry["kind"] in ("temporary", "replaced") else "red")
             continue
         saved, ago = _when(entry["time"], now)
         marks = [m for m in ("latest", "best") if entry[m]]
-        kept = ", ".join(entry["kept_because"]) or "-"
-        rows.append(
+        cells.append(
             [
-                str(entry["step"]),
-                saved,
-                ago,
-                human_bytes(entry["bytes"]),
-                _metrics_text(entry["metrics"]),
-                " ".join(marks),
-                kept,
+                [str(entry["step"])],
+                [saved],
+                [ago],
+                [human_bytes(entry["bytes"])],
+                _metric_items(entry["metrics"], monitored),
+                marks,
+                entry["kept_because"] or ["-"],
             ]
         )
         styles.append("bold green" if marks else None if entry["kept_because"] else "dim")
@@ -455,13 +518,62 @@ def _render_run(
         ("mark", "left"),
         ("kept because", "left"),
     ]
-    out.table(columns, rows, styles, wrap=("metrics", "kept because"))
+    shown, rows = _fit_ls_table(columns, cells, out)
+    out.table(shown, rows, styles)
     for kind, detail in kinds_seen.items():
         if kind != "INVALID":
             out.line(f"  {kind}: {detail}", style="dim")
     for entry in doc["other"]:
         if entry["kind"] == "invalid":
             out.line(f"  INVALID {entry['name']}: {entry['detail']}", style="red")
+
+
+def _metric_items(metrics: dict[str, float], monitored: str | None) -> list[str]:
+    """`name=value` per metric, the monitored one (the run's best_fn) first."""
+    names = sorted(metrics, key=lambda k: k != monitored)  # stable: saved order otherwise
+    return [f"{k}={metrics[k]:.4g}" for k in names] or ["-"]
+
+
+# How `ckpt ls` narrows its table until it fits the terminal: (keep SAVED, separator of the
+# metrics, of the marks, of the reasons). A cell's items never break mid-word: a narrower
+# table drops SAVED (AGE says when), then puts one item per line, before anything is cut.
+_LS_LAYOUTS: tuple[tuple[bool, str, str, str], ...] = (
+    (True, "  ", " ", ", "),
+    (False, "  ", " ", ", "),
+    (False, "\n", " ", ", "),
+    (False, "\n", "\n", ",\n"),
+)
+
+
+def _fit_ls_table(
+    columns: list[tuple[str, str]], cells: list[list[list[str]]], out: Output
+) -> tuple[list[tuple[str, str]], list[list[str]]]:
+    """The first of `_LS_LAYOUTS` whose table fits the terminal (else the narrowest)."""
+    width = out.width()
+    separator_at = {"metrics": 1, "mark": 2, "kept because": 3}
+    for shape in _LS_LAYOUTS:
+        keep_saved = shape[0]
+        shown = [c for c in columns if keep_saved or c[0] != "saved"]
+        rows = []
+        for row in cells:
+            texts = []
+            for items, (title, _) in zip(row, columns):
+                if title == "saved" and not keep_saved:
+                    continue
+                separator = shape[separator_at[title]] if title in separator_at else ""
+                texts.append(str(separator).join(items))
+            rows.append(texts)
+        total = sum(plain_widths(shown, rows)) + out.table_overhead(len(shown), len(rows))
+        if width is None or total <= width:
+            break
+    return shown, rows
+
+
+def _run_doc_warning(error: str) -> str:
+    return (
+        f"{error}; its recorded retention and completion are not used. HINT: restore run.json, "
+        "or give `ckpt prune` every rule: --max-to-keep, --keep-period and --metric"
+    )
 
 
 def _policy_of(doc: dict[str, Any]) -> RetentionPolicy:
@@ -480,11 +592,15 @@ def cmd_show(args: argparse.Namespace, out: Output) -> int:
     if listing is not None:
         latest = bool(listing.steps) and listing.steps[-1].step == manifest.step
         best = listing.best_pointer == manifest.step
+        if listing.run_doc_error:
+            _warn(_run_doc_warning(listing.run_doc_error))
     try:
         tree = list_tree(storage, manifest, name)
         tree_error = None
     except CorruptCheckpointError as e:
         tree, tree_error = TreeListing([], "nothing"), str(e)
+    leaves = len(tree.entries)
+    tree.entries = _filter_tree(tree.entries, args.path, args.depth)
     doc = {
         "directory": storage.root,
         "step": manifest.step,
@@ -504,6 +620,8 @@ def cmd_show(args: argparse.Namespace, out: Output) -> int:
         "tree": {
             "source": tree.source,
             "error": tree_error,
+            "leaves": leaves,
+            "filter": {"path": args.path, "depth": args.depth},
             "notes": tree.notes,
             "entries": [
                 {
@@ -513,6 +631,7 @@ def cmd_show(args: argparse.Namespace, out: Output) -> int:
                     "shape": e.shape,
                     "bytes": e.nbytes,
                     "value": e.value,
+                    **({"leaves": e.leaves} if isinstance(e, _Subtree) else {}),
                 }
                 for e in tree.entries
             ],
@@ -524,6 +643,67 @@ def cmd_show(args: argparse.Namespace, out: Output) -> int:
     else:
         _render_show(out, doc)
     return EXIT_DAMAGED if tree_error else EXIT_OK
+
+
+@dataclass(frozen=True)
+class _Subtree(TreeEntry):
+    """The leaves below `path` that `ckpt show --depth` folds into one row."""
+
+    leaves: int = 0
+
+
+def _filter_tree(
+    entries: list[TreeEntry], pattern: str | None, depth: int | None
+) -> list[TreeEntry]:
+    """The leaves `ckpt show --path/--depth` asks for: those under `pattern` (a path prefix or
+    a glob matching a leaf or any of its parents), and below `depth` levels one row per subtree.
+    """
+    if pattern is not None:
+        pattern = pattern.strip("/")
+        is_glob = any(c in pattern for c in "*?[")
+
+        def wanted(path: str) -> bool:
+            if not is_glob:
+                return path == pattern or path.startswith(pattern + "/")
+            parts = path.split("/")
+            return any(
+                fnmatch.fnmatchcase("/".join(parts[:n]), pattern) for n in range(1, len(parts) + 1)
+            )
+
+        entries = [e for e in entries if wanted(e.path)]
+    if depth is None:
+        return entries
+    shown: list[TreeEntry] = []
+    folded: dict[str, list[TreeEntry]] = {}
+    for e in entries:
+        parts = e.path.split("/")
+        if len(parts) <= depth:
+            shown.append(e)
+            continue
+        prefix = "/".join(parts[:depth])
+        if prefix not in folded:
+            folded[prefix] = []
+            shown.append(TreeEntry(prefix, "subtree"))  # placeholder, keeps the tree's order
+        folded[prefix].append(e)
+    out: list[TreeEntry] = []
+    for e in shown:
+        below = folded.get(e.path) if e.kind == "subtree" else None
+        if below is None:
+            out.append(e)
+            continue
+        arrays = [b for b in below if b.shape is not None]
+        nbytes = sum(b.nbytes or 0 for b in arrays)
+        out.append(
+            _Subtree(
+                e.path + "/",
+                "subtree",
+                nbytes=nbytes if arrays else None,
+                value=f"{len(below)} {'leaf' if len(below) == 1 else 'leaves'}, "
+                f"{_plural(len(arrays), 'array')}",
+                leaves=len(below),
+            )
+        )
+    return out
 
 
 def _show_target(args: argparse.Namespace) -> tuple[Storage, str, Manifest, bool]:
@@ -625,7 +805,19 @@ def _render_show(out: Output, doc: dict[str, Any]) -> None:
     entries = tree["entries"]
     arrays = [e for e in entries if e["shape"] is not None]
     total = sum(e["bytes"] or 0 for e in arrays)
-    if entries:
+    if tree["leaves"] != len(entries) or any(e["kind"] == "subtree" for e in entries):
+        wanted = [f"under {tree['filter']['path']!r}"] if tree["filter"]["path"] else []
+        if tree["filter"]["depth"] is not None:
+            wanted.append(f"{tree['filter']['depth']} levels deep, deeper ones folded per subtree")
+        shown = [e for e in entries if e["kind"] != "subtree"]
+        out.line(
+            f"tree  ·  {len(shown)} of {tree['leaves']} leaves shown ({'; '.join(wanted)})  ·  "
+            f"read from {tree['source']}; no array loaded",
+            style="bold",
+        )
+        if not entries:
+            out.line(f"  no leaf path matches {tree['filter']['path']!r}", style="yellow")
+    elif entries:
         others = len(entries) - len(arrays)
         out.line(
             f"tree  ·  {_plural(len(arrays), 'array')}, {human_bytes(total)}; {others} other "
@@ -638,7 +830,8 @@ def _render_show(out: Output, doc: dict[str, Any]) -> None:
         if e["shape"] is not None or (e["value"] is None and e["kind"] != "None"):
             value = ""  # an array, or a scalar whose value the header does not hold (orbax)
         else:
-            value = str(e["value"]) if e["kind"] == "object" else repr(e["value"])
+            plain = e["kind"] in ("object", "subtree")
+            value = str(e["value"]) if plain else repr(e["value"])
         rows.append(
             [
                 e["path"],
@@ -827,26 +1020,63 @@ def _render_verify(out: Output, docs: list[dict[str, Any]]) -> None:
 def cmd_prune(args: argparse.Namespace, out: Output) -> int:
     if all(getattr(args, k) is None for k in ("max_to_keep", "keep_period", "metric", "keep_best")):
         raise BadInput(
-            "say which retention to apply: --max-to-keep N, --keep-period P and/or --metric NAME "
-            "[--mode min|max --keep-best K] (unset options take the run's recorded retention, "
-            "else the CheckpointManager defaults)"
+            "say which retention to apply: --max-to-keep N|all, --keep-period P|none and/or "
+            "--metric NAME|none [--mode min|max --keep-best K] (unset options take the run's "
+            "recorded retention, else the CheckpointManager defaults)"
         )
     storage = _single_run(args.directory, "prune")
+    before = scan_run(storage)
+    _refuse_without_recorded_rules(args, before)
     if args.dry_run:
-        return _prune(args, out, storage, None)
+        return _prune(args, out, storage, None, before)
     from .manager import CheckpointManager
 
     # A writable manager takes the directory's single-writer lock: a live run makes this fail
-    # (CheckpointLockedError) instead of deleting steps under it. Opening it records its
-    # retention in run.json, so it is opened with the run's own, and the record is put back.
-    before = read_run_doc(storage).get("retention")
+    # (CheckpointLockedError) instead of deleting steps under it. Opening it sweeps temporaries
+    # and records its retention in run.json, so it is opened with the run's own, and run.json
+    # is put back byte for byte afterwards.
+    run_json = _read_raw(storage, layout.RUN_FILE)
     with CheckpointManager(
-        args.directory, on_existing="resume", **_recorded_options(before)
+        args.directory,
+        on_existing="resume",
+        **_recorded_options(before.run_doc.get("retention")),
     ) as mgr:
         try:
-            return _prune(args, out, mgr.storage, mgr)
+            return _prune(args, out, mgr.storage, mgr, before)
         finally:
-            _restore_recorded_retention(mgr.storage, before)
+            if _read_raw(mgr.storage, layout.RUN_FILE) != run_json:
+                if run_json is None:
+                    mgr.storage.remove(layout.RUN_FILE)
+                else:
+                    mgr.storage.write_small(layout.RUN_FILE, run_json)
+
+
+def _refuse_without_recorded_rules(args: argparse.Namespace, listing: RunListing) -> None:
+    """A damaged run.json hides the rules that protect steps: only explicit ones are applied."""
+    if listing.run_doc_error is None:
+        return
+    missing = [
+        flag
+        for flag, value in (
+            ("--max-to-keep N|all", args.max_to_keep),
+            ("--keep-period P|none", args.keep_period),
+            ("--metric NAME|none", args.metric),
+        )
+        if value is None
+    ]
+    if missing:
+        raise BadInput(
+            f"{listing.run_doc_error}, so the retention the run recorded is unknown and defaults "
+            "could delete steps it protects; nothing was deleted. HINT: pass the rules "
+            f"explicitly: {' '.join(missing)}"
+        )
+
+
+def _read_raw(storage: Storage, name: str) -> bytes | None:
+    try:
+        return storage.read_bytes(name)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 def _recorded_options(recorded: Any) -> dict[str, Any]:
@@ -861,25 +1091,26 @@ def _recorded_options(recorded: Any) -> dict[str, Any]:
     return options
 
 
-def _restore_recorded_retention(storage: Storage, before: Any) -> None:
-    doc = read_run_doc(storage)
-    if doc.get("retention") == before or not doc:
-        return
-    if before is None:
-        doc.pop("retention", None)
-    else:
-        doc["retention"] = before
-    storage.write_small(layout.RUN_FILE, json.dumps(doc, indent=1).encode())
-
-
 def _prune(
-    args: argparse.Namespace, out: Output, storage: Storage, mgr: CheckpointManager | None
+    args: argparse.Namespace,
+    out: Output,
+    storage: Storage,
+    mgr: CheckpointManager | None,
+    before: RunListing,
 ) -> int:
-    listing = scan_run(storage)
-    retention = _retention(args, listing.run_doc)
+    listing = before if mgr is None else scan_run(storage)  # the manager may have swept
+    retention = _retention(args, before.run_doc, before.run_doc_error)
     why = retention.reasons(listing)
     doomed = [s for s, r in why.items() if not r]
     freed = sum(i.bytes for i in listing.steps if i.step in set(doomed))
+    # Temporaries of killed writers: the manager swept them when it opened (a dry run: would).
+    remaining = set(storage.list_names())
+    temporaries = [
+        o
+        for o in before.others
+        if o.kind == "temporary" and (mgr is None or o.name not in remaining)
+    ]
+    freed += sum(o.bytes or 0 for o in temporaries)
     if mgr is not None:
         for step in doomed:
             storage.delete_step(layout.step_dirname(step))
@@ -893,19 +1124,27 @@ def _prune(
                 "dry_run": bool(args.dry_run),
                 "retention": retention.as_json(),
                 "deleted": doomed,
+                "deleted_temporaries": [{"name": o.name, "bytes": o.bytes} for o in temporaries],
                 "bytes_freed": freed,
                 "kept": [{"step": s, "kept_because": list(r)} for s, r in kept],
             }
         )
         return EXIT_OK
     verb = "would delete" if args.dry_run else "deleted"
+    n_temporaries = len(temporaries)
+    extra = f" and {n_temporaries} temporar{'y' if n_temporaries == 1 else 'ies'}"
+    extra = extra if temporaries else ""
     out.line(
-        f"{args.directory}: {verb} {len(doomed)} of {len(why)} steps ({human_bytes(freed)}) "
-        f"under {retention.describe()}",
+        f"{args.directory}: {verb} {len(doomed)} of {len(why)} steps{extra} ({human_bytes(freed)})"
+        f" under {retention.describe()}",
         style="bold",
     )
+    colour = "red" if not args.dry_run else "yellow"
     if doomed:
-        out.line(f"  {verb}: {_ranges(doomed)}", style="red" if not args.dry_run else "yellow")
+        out.line(f"  {verb}: {_ranges(doomed)}", style=colour)
+    for o in temporaries:
+        size = "size unknown" if o.bytes is None else human_bytes(o.bytes)
+        out.line(f"  {verb}: {o.name} ({size}, left by a killed writer)", style=colour)
     out.table(
         [("kept", "right"), ("because", "left")],
         [[str(s), ", ".join(r)] for s, r in kept],
@@ -933,28 +1172,79 @@ def _repair_best_pointer(
 
 def cmd_best(args: argparse.Namespace, out: Output) -> int:
     storage = _single_run(args.directory, "best")
-    if args.metric is not None:
-        from .manager import CheckpointManager
-
-        # The core ranks: same rules as the run's own best tracking (ties: newer; NaN never).
-        mgr = CheckpointManager(
-            args.directory, read_only=True, best_fn=args.metric, best_mode=args.mode or "min"
+    listing = scan_run(storage)
+    if listing.run_doc_error:
+        _warn(_run_doc_warning(listing.run_doc_error))
+    candidates, source = _best_candidates(listing, args.metric, args.mode)
+    if not candidates:
+        raise BadInput(_no_best_message(listing, args.metric))
+    infos = {i.step: i for i in listing.steps}
+    skipped = []
+    for step in candidates:
+        check = verify_step(storage, infos[step])
+        if check.status == "ok":
+            break
+        first = check.damaged[0][1] if check.damaged else check.status
+        skipped.append({"step": step, "damaged": [m for _, m in check.damaged]})
+        _warn(
+            f"step {step} fails its checks ({first}); skipped. HINT: `ckpt verify "
+            f"{args.directory}` lists the damage"
         )
-        step = mgr.best_step()
-        if step is None:
-            raise BadInput(_no_best_message(scan_run(storage), args.metric))
-        info = mgr.info(step)
-        path, metrics, source = str(info.path), dict(info.metrics), f"metric {args.metric!r}"
     else:
-        listing = scan_run(storage)
-        step = _resolve_step(listing, "best", args)
-        info = next(i for i in listing.steps if i.step == step)
-        path, metrics, source = str(info.path), dict(info.metrics), "best pointer"
+        print(
+            f"ckpt best: error: no intact step among the {_plural(len(candidates), 'ranked step')} "
+            f"of {args.directory} ({source}). HINT: `ckpt verify {args.directory}`",
+            file=sys.stderr,
+        )
+        return EXIT_DAMAGED
+    info = infos[step]
+    path = _best_path(storage, info)
     if args.json:
-        _print_json({"step": step, "path": path, "metrics": metrics, "source": source})
+        _print_json(
+            {
+                "step": step,
+                "path": path,
+                "step_path": str(info.path),
+                "format": info.format,
+                "metrics": dict(info.metrics),
+                "source": source,
+                "skipped": skipped,
+            }
+        )
     else:
         print(path)
     return EXIT_OK
+
+
+def _best_candidates(
+    listing: RunListing, metric: str | None, mode: str | None
+) -> tuple[list[int], str]:
+    """The committed steps, best first, by the rules the run's own best tracking uses.
+
+    `--metric` ranks by that metric; else by the metric the run recorded (its `best_fn`), with
+    the run's `best` pointer first; a run with neither has its pointer only.
+    """
+    if metric is not None:
+        policy = RetentionPolicy(best_fn=metric, best_mode=mode or "min")  # type: ignore[arg-type]
+        return policy.ranked(listing.steps), f"metric {metric!r}"
+    committed = {i.step for i in listing.steps}
+    pointer = [listing.best_pointer] if listing.best_pointer in committed else []
+    recorded = listing.run_doc.get("retention")
+    options = _recorded_options(recorded)
+    if isinstance(options.get("best_fn"), str):
+        ranked = RetentionPolicy(**options).ranked(listing.steps)
+        return [*pointer, *(s for s in ranked if s not in pointer)], "best pointer"
+    return pointer, "best pointer"
+
+
+def _best_path(storage: Storage, info: CheckpointInfo) -> str:
+    """What a user of the step loads: the payload file of a one-file format (torch: the file
+    `ckpt_path=` and `torch.load` take), else the step directory."""
+    from .formats.torch import PAYLOAD
+
+    if info.format == "torch":
+        return storage.join(layout.step_dirname(info.step), PAYLOAD)
+    return str(info.path)
 
 
 # ---------------------------------------------------------------- the parser
@@ -984,6 +1274,18 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_or_none(text: str) -> int | str:
+    """A positive integer, or 'none' to turn off a rule the run recorded."""
+    if text.lower() == OFF:
+        return OFF
+    try:
+        return _positive(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or {OFF!r} (no such rule), got {text!r}"
+        ) from None
+
+
 def _non_negative(text: str) -> int:
     try:
         value = int(text)
@@ -1009,8 +1311,17 @@ def _add_retention(p: argparse.ArgumentParser, *, explain: str) -> None:
     g.add_argument(
         "--max-to-keep", type=_count_or_all, metavar="N|all", help="keep the N newest steps"
     )
-    g.add_argument("--keep-period", type=_positive, metavar="P", help="keep steps divisible by P")
-    g.add_argument("--metric", metavar="NAME", help="rank steps by this metric")
+    g.add_argument(
+        "--keep-period",
+        type=_positive_or_none,
+        metavar="P|none",
+        help="keep steps divisible by P ('none': turn a recorded keep_period off)",
+    )
+    g.add_argument(
+        "--metric",
+        metavar="NAME|none",
+        help="rank steps by this metric ('none': no ranking; the run's best pointer is kept)",
+    )
     g.add_argument(
         "--mode", choices=("min", "max"), help="which metric values are better (default min)"
     )
@@ -1033,24 +1344,36 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 success, 1 damage found, 2 bad input.",
     )
     parser.add_argument("--version", action="version", version=f"ckpt-core {__version__}")
+    # Global flags work before the command (`ckpt --json ls DIR`) and after it: the command's
+    # own copy defaults to SUPPRESS, so it never resets a flag given before the command.
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(
-        name: str, help: str, run: Callable[..., int], json_flag: bool = True
+        name: str, help: str, run: Callable[..., int], several: bool = False
     ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.add_argument(
-            "directory",
+            "directories" if several else "directory",
             metavar="DIR",
             type=_directory,
-            help="a checkpoint directory (local path or URL)",
+            nargs="+" if several else None,
+            help="checkpoint directories (local paths or URLs)"
+            if several
+            else "a checkpoint directory (local path or URL)",
         )
-        if json_flag:
-            p.add_argument("--json", action="store_true", help="print JSON for scripts")
+        p.add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
+        )
         p.set_defaults(run=run)
         return p
 
-    ls = command("ls", "list the steps of every run at or below DIR, and why each is kept", cmd_ls)
+    ls = command(
+        "ls",
+        "list the steps of every run at or below each DIR, and why each is kept",
+        cmd_ls,
+        several=True,
+    )
     _add_retention(
         ls,
         explain="the policy the KEPT BECAUSE column explains. Default: the one the run recorded "
@@ -1065,6 +1388,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument(
         "--metric", help="with STEP 'best': rank by this metric instead of the run's best pointer"
+    )
+    show.add_argument(
+        "--path",
+        metavar="PREFIX|GLOB",
+        help="only the leaves under this path (e.g. state_dict/layer.0) or matching this glob "
+        "(e.g. 'optimizer_states/*')",
+    )
+    show.add_argument(
+        "--depth",
+        type=_positive,
+        metavar="N",
+        help="show N levels of the tree; deeper leaves are folded into one row per subtree",
     )
     show.add_argument(
         "--mode", choices=("min", "max"), help="with --metric: which values are better"
@@ -1082,7 +1417,12 @@ def build_parser() -> argparse.ArgumentParser:
         "given take the run's recorded retention (else the CheckpointManager defaults)",
     )
     prune.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
-    best = command("best", "print the path of the best step (for shell scripts)", cmd_best)
+    best = command(
+        "best",
+        "print what to load for the best intact step (a torch step's state.pt, else the step "
+        "directory), for shell scripts",
+        cmd_best,
+    )
     best.add_argument("--metric", help="rank by this metric (default: the run's best pointer)")
     best.add_argument(
         "--mode", choices=("min", "max"), help="which metric values are better (default min)"
@@ -1097,6 +1437,10 @@ def _one_line(error: BaseException) -> str:
     ):
         text = f"{type(error).__name__}: {text}"
     return " ".join(text.split())
+
+
+def _warn(message: str) -> None:
+    print(f"ckpt: warning: {' '.join(message.split())}", file=sys.stderr)
 
 
 def _warn_in_one_line(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:

@@ -51,6 +51,7 @@ class OtherEntry:
         step: the step the entry belongs to, when its name says.
         detail: a human sentence: what it is and what happens to it.
         mtime: its modification time (local directories only).
+        bytes: the size of every file in it (local directories only; None when unknown).
     """
 
     name: str
@@ -58,6 +59,7 @@ class OtherEntry:
     step: int | None
     detail: str
     mtime: float | None = None
+    bytes: int | None = None
 
 
 @dataclass
@@ -70,6 +72,7 @@ class RunListing:
     latest_pointer: int | None
     best_pointer: int | None
     run_doc: dict[str, Any] = field(default_factory=dict)
+    run_doc_error: str | None = None  # why run.json could not be read (None: fine or absent)
 
     @property
     def complete(self) -> bool:
@@ -134,11 +137,50 @@ def _read_pointer(storage: Storage, pointer: str) -> int | None:
 
 def read_run_doc(storage: Storage) -> dict[str, Any]:
     """`run.json` (run metadata, completion mark), or {} when absent or unreadable."""
+    return read_run_doc_checked(storage)[0]
+
+
+def read_run_doc_checked(storage: Storage) -> tuple[dict[str, Any], str | None]:
+    """`run.json` and, when it exists but cannot be used, why: ({}, "<path> is ...").
+
+    A damaged `run.json` must be told apart from an absent one: its recorded retention is
+    what protects steps from `ckpt prune`, and defaults in its place could delete them.
+    """
+    where = storage.join(layout.RUN_FILE)
     try:
-        doc = json.loads(storage.read_bytes(layout.RUN_FILE))
-    except (FileNotFoundError, NotADirectoryError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
+        raw = storage.read_bytes(layout.RUN_FILE)
+    except (FileNotFoundError, NotADirectoryError):
+        return {}, None
+    except OSError as e:  # e.g. permissions
+        return {}, f"{where} is unreadable ({e.strerror or e})"
+    try:
+        doc = json.loads(raw)
+    except ValueError as e:
+        return {}, f"{where} is damaged (not JSON: {e})"
+    if not isinstance(doc, dict):
+        return {}, f"{where} is damaged (a JSON {type(doc).__name__}, not an object)"
+    return doc, None
+
+
+def entry_bytes(storage: Storage, name: str) -> int | None:
+    """The size of every file under the entry `name` (local directories only, else None)."""
+    try:
+        root = storage.local_path(name)
+    except (OSError, CheckpointError):
+        return None
+    if root is None:
+        return None
+    total = 0
+    try:
+        if not root.is_dir():
+            return root.stat().st_size
+        for parent, _, files in os.walk(root):
+            for file in files:
+                with contextlib.suppress(OSError):  # a writer may be deleting it right now
+                    total += os.lstat(os.path.join(parent, file)).st_size
+    except OSError:
+        return None
+    return total
 
 
 def _mtime(storage: Storage, name: str) -> float | None:
@@ -198,6 +240,7 @@ def scan_run(storage: Storage) -> RunListing:
                     "a step being written or deleted, or left by a killed writer "
                     "(the next writer sweeps it)",
                     _mtime(storage, name),
+                    entry_bytes(storage, name),
                 )
             )
         elif layout.parse_step(target := layout.replaced_entry_of(name) or "") is not None:
@@ -209,6 +252,7 @@ def scan_run(storage: Storage) -> RunListing:
                     f"an old copy of {target}, kept until its replacement is committed "
                     "(the next writer sweeps it)",
                     _mtime(storage, name),
+                    entry_bytes(storage, name),
                 )
             )
         elif layout.is_quarantined(name):
@@ -219,17 +263,20 @@ def scan_run(storage: Storage) -> RunListing:
                     _step_in(name),
                     "a damaged step moved aside on resume; removed only by overwrite or clear()",
                     _mtime(storage, name),
+                    entry_bytes(storage, name),
                 )
             )
     steps.sort(key=lambda i: i.step)
     others.sort(key=lambda o: (o.step if o.step is not None else -1, o.name))
+    run_doc, run_doc_error = read_run_doc_checked(storage)
     return RunListing(
         directory=storage.root,
         steps=steps,
         others=others,
         latest_pointer=_read_pointer(storage, layout.LATEST_POINTER),
         best_pointer=_read_pointer(storage, layout.BEST_POINTER),
-        run_doc=read_run_doc(storage),
+        run_doc=run_doc,
+        run_doc_error=run_doc_error,
     )
 
 

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import pty
+import re
 import shutil
 import subprocess
 import sys
@@ -102,6 +103,31 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: st
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("ckpt "), result.stderr
     for needle in needles:
         assert needle in result.stderr, result.stderr
+
+
+def ckpt_on_terminal(*args: Any, columns: int) -> str:
+    """What `ckpt` prints on a terminal `columns` wide (ANSI codes removed)."""
+    leader, follower = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR")}
+    proc = subprocess.Popen(
+        [str(CKPT), *map(str, args)],
+        stdout=follower,
+        stderr=subprocess.PIPE,
+        env={**env, "COLUMNS": str(columns), "TERM": "xterm-256color"},
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=60) == 0
+    return re.sub(r"\x1b\[[0-9;]*m", "", b"".join(chunks).decode()).replace("\r", "")
 
 
 # ---------------------------------------------------------------- ls
@@ -215,6 +241,55 @@ def test_ls_json_is_strict_even_with_nan_metrics(tmp_path: Path) -> None:
         mgr.save(1, state(1), metrics={"loss": math.nan})
     (run,) = ckpt_json("ls", tmp_path / "r")["runs"]
     assert run["steps"][0]["metrics"] == {"loss": None}
+
+
+def test_ls_lists_several_directories_with_json_before_or_after(runs: Path) -> None:
+    a, b = runs / "mlp", runs / "sweep" / "trial_1"
+    result = ckpt("ls", a, b)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(str(a)) and f"\n{b}  ·  complete" in result.stdout
+    after = ckpt_json("ls", a, b)
+    before = ckpt("--json", "ls", a, b)
+    assert before.returncode == 0, before.stderr
+    assert json.loads(before.stdout) == after
+    assert after["directories"] == [str(a), str(b)]
+    assert [Path(r["directory"]) for r in after["runs"]] == [a, b]
+    # a run named twice (itself and through its parent) is listed once
+    doc = ckpt_json("ls", runs / "sweep", b)
+    assert [Path(r["directory"]).name for r in doc["runs"]] == ["trial_0", "trial_1"]
+    assert json.loads(ckpt("--json", "best", a).stdout)["step"] == 6  # every command
+
+
+def write_long_metric_run(directory: Path) -> None:
+    """Lightning-style metric names; the run monitors the last of them."""
+    with CheckpointManager(directory, max_to_keep=3, best_fn="val/loss_epoch_average") as mgr:
+        for step in range(1, 6):
+            metrics = {
+                "lr-Adam": 1e-3,
+                "train/loss_step_average": 1 / step,
+                "val/accuracy_epoch": step / 10,
+                "val/loss_epoch_average": abs(3.5 - step),
+            }
+            mgr.save(step, state(step), metrics=metrics)
+
+
+def test_ls_fits_80_columns_with_long_metric_names(tmp_path: Path) -> None:
+    write_long_metric_run(tmp_path / "run")
+    out = ckpt_on_terminal("ls", tmp_path / "run", columns=80)
+    lines = out.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80, out
+    assert "…" not in out  # nothing cut
+    for name in ("lr-Adam=", "train/loss_step_average=", "val/accuracy_epoch="):
+        assert out.count(name) == 3, out  # never broken mid-word: 3 steps, 3 whole names
+    # the monitored metric first: on the line of its step, before any other metric
+    column = next(line for line in lines if "METRICS" in line).index("METRICS")
+    row = next(line for line in lines if line.split()[:1] == ["4"])
+    assert row[column:].startswith("val/loss_epoch_average=0.5"), row
+    assert "best" in row[column:]  # ties: the newer step (4, not 3) is best
+    # piped: one line per step (for grep), the monitored metric first too
+    piped = ckpt("ls", tmp_path / "run").stdout
+    row = next(line for line in piped.splitlines() if line.split()[:1] == ["3"])
+    assert row.index("val/loss_epoch_average=") < row.index("lr-Adam=")
 
 
 # ---------------------------------------------------------------- show
@@ -417,6 +492,104 @@ def test_prune_without_a_policy_is_bad_input(mlp: Path) -> None:
     assert_one_line_error(ckpt("prune", mlp), "--max-to-keep")
 
 
+def test_prune_turns_recorded_rules_off(mlp: Path) -> None:
+    # recorded: max_to_keep=3, keep_period=4, best by val_loss; step 4 is kept by its period only
+    doc = ckpt_json("prune", mlp, "--keep-period", "none", "--dry-run")
+    assert doc["retention"]["keep_period"] is None and doc["deleted"] == [4]
+    doc = ckpt_json("prune", mlp, "--metric", "none", "--max-to-keep", 1, "--dry-run")
+    assert doc["retention"]["best_fn"] is None
+    assert doc["deleted"] == [9]  # 4, 8: period; 6: the run's best pointer; 10: latest
+    doc = ckpt_json("prune", mlp, "--max-to-keep", "all", "--keep-period", "none")
+    assert doc["deleted"] == [] and doc["retention"]["max_to_keep"] is None
+    result = ckpt("prune", mlp, "--keep-period", "none", "--max-to-keep", 2)
+    assert result.returncode == 0, result.stderr
+    assert "deleted: 4, 8" in result.stdout
+    with CheckpointManager(mlp, read_only=True) as mgr:
+        assert mgr.all_steps() == [6, 9, 10]
+    assert_one_line_error(ckpt("prune", mlp, "--keep-period", "never"), "'none'")
+
+
+def test_prune_lists_the_temporaries_it_deletes_with_their_size(mlp: Path) -> None:
+    temporary = mlp / layout.tmp_dirname(layout.step_dirname(11), "1f2e3d4c5b6a")
+    (temporary / "arrays").mkdir(parents=True)  # a killed writer's 2.5 MB
+    (temporary / "arrays" / "arrays.safetensors").write_bytes(b"\0" * 2_500_000)
+    (temporary / "tree.json").write_bytes(b"\0" * 100)
+    (run,) = ckpt_json("ls", mlp)["runs"]
+    assert [o["bytes"] for o in run["other"]] == [2_500_100]
+    assert "2.5 MB" in ckpt("ls", mlp).stdout
+    dry = ckpt("prune", mlp, "--max-to-keep", 3, "--dry-run").stdout
+    assert f"would delete: {temporary.name} (2.5 MB" in dry and "1 temporary" in dry
+    assert temporary.exists()
+    result = ckpt("prune", mlp, "--max-to-keep", 3)
+    assert result.returncode == 0, result.stderr
+    assert f"deleted: {temporary.name} (2.5 MB" in result.stdout
+    assert "deleted 0 of 5 steps and 1 temporary (2.5 MB)" in result.stdout
+    assert not temporary.exists()
+
+
+def test_a_damaged_run_json_is_reported_and_prune_needs_every_rule(mlp: Path) -> None:
+    run_json = mlp / layout.RUN_FILE
+    damaged = run_json.read_bytes()[:-20]  # e.g. a disk that filled up mid-write
+    run_json.write_bytes(damaged)
+    steps = sorted(os.listdir(mlp))
+    result = ckpt("ls", mlp)
+    assert result.returncode == 0, result.stderr
+    assert "run.json is damaged" in result.stdout and "unreadable" in result.stdout
+    (run,) = ckpt_json("ls", mlp)["runs"]
+    assert "run.json is damaged" in run["run_json_error"]
+    assert "run.json is unreadable" in run["retention"]["source"]
+    for command in ("show", "best"):
+        result = ckpt(command, mlp)
+        assert result.returncode == 0, result.stderr
+        assert "warning" in result.stderr and "run.json is damaged" in result.stderr
+    # the defaults (max_to_keep=5) in place of the recorded rules would delete nothing here,
+    # but keep_period=4 and best-by-val_loss protected steps a tighter rule would delete
+    for given in (["--max-to-keep", 1], ["--max-to-keep", 1, "--keep-period", "none"]):
+        result = ckpt("prune", mlp, *given)
+        assert_one_line_error(result, "run.json is damaged", "nothing was deleted", "--metric")
+        assert ckpt("prune", mlp, *given, "--dry-run").returncode == 2
+    assert sorted(os.listdir(mlp)) == steps and run_json.read_bytes() == damaged
+    doc = ckpt_json("prune", mlp, "--max-to-keep", 1, "--keep-period", 4, "--metric", "val_loss")
+    assert doc["deleted"] == [9]
+    assert run_json.read_bytes() == damaged  # left for the user to repair, not replaced
+
+
+def test_show_depth_and_path_filter(tmp_path: Path) -> None:
+    counters = {"total": {"ready": 3, "completed": 3}, "current": {"ready": 1, "completed": 1}}
+    lightning_like = {
+        "state_dict": {"layer.weight": np.ones((2, 3), np.float32), "layer.bias": np.zeros(2)},
+        "loops": {
+            "fit_loop": {"epoch_progress": counters, "batch_progress": counters},
+            "validate_loop": {"batch_progress": counters},
+        },
+        "epoch": 3,
+    }
+    with CheckpointManager(tmp_path / "r") as mgr:
+        mgr.save(3, lightning_like)
+    out = ckpt("show", tmp_path / "r", "--depth", 1)
+    assert out.returncode == 0, out.stderr
+    assert "loops/" in out.stdout and "12 leaves, 0 arrays" in out.stdout
+    assert "state_dict/" in out.stdout and "2 leaves, 2 arrays" in out.stdout
+    assert "fit_loop" not in out.stdout and "3 of 15 leaves shown" not in out.stdout
+    assert "1 of 15 leaves shown (1 levels deep, deeper ones folded" in out.stdout
+    doc = ckpt_json("show", tmp_path / "r", "--depth", 1)
+    entries = {e["path"]: e for e in doc["tree"]["entries"]}
+    assert set(entries) == {"state_dict/", "loops/", "epoch"}
+    assert entries["loops/"]["leaves"] == 12 and entries["state_dict/"]["bytes"] == 24 + 16
+    doc = ckpt_json("show", tmp_path / "r", "--path", "state_dict")
+    assert [e["path"] for e in doc["tree"]["entries"]] == [
+        "state_dict/layer.weight",
+        "state_dict/layer.bias",
+    ]
+    doc = ckpt_json("show", tmp_path / "r", "--path", "loops/*/batch_progress", "--depth", 3)
+    assert [e["path"] for e in doc["tree"]["entries"]] == [
+        "loops/fit_loop/batch_progress/",
+        "loops/validate_loop/batch_progress/",
+    ]
+    out = ckpt("show", tmp_path / "r", "--path", "optimizer_states").stdout
+    assert "no leaf path matches 'optimizer_states'" in out
+
+
 # ---------------------------------------------------------------- best
 
 
@@ -428,6 +601,39 @@ def test_best_prints_the_path_for_scripts(runs: Path) -> None:
     assert by_acc == str(runs / "mlp" / layout.step_dirname(10))
     doc = ckpt_json("best", runs / "mlp", "--metric", "val_loss")
     assert doc["step"] == 6 and doc["metrics"]["val_loss"] == val_loss(6)
+
+
+def test_best_skips_a_step_that_fails_its_checksums(mlp: Path) -> None:
+    flip_byte(mlp / layout.step_dirname(6) / "arrays.safetensors")  # the best by val_loss
+    result = ckpt("best", mlp)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{mlp / layout.step_dirname(4)}\n"  # the best intact one
+    assert "warning: step 6 fails its checks" in result.stderr and "ckpt verify" in result.stderr
+    doc = ckpt_json("best", mlp)
+    assert doc["step"] == 4 and [s["step"] for s in doc["skipped"]] == [6]
+    flip_byte(mlp / layout.step_dirname(10) / "arrays.safetensors")
+    by_acc = ckpt("best", mlp, "--metric", "acc", "--mode", "max")
+    assert by_acc.stdout == f"{mlp / layout.step_dirname(9)}\n"
+    for step in (4, 8, 9):
+        flip_byte(mlp / layout.step_dirname(step) / "arrays.safetensors")
+    result = ckpt("best", mlp)
+    assert result.returncode == 1 and result.stdout == ""
+    assert "no intact step among the 5 ranked steps" in result.stderr
+
+
+def test_best_prints_the_file_of_a_torch_step(tmp_path: Path) -> None:
+    import torch
+
+    with CheckpointManager(tmp_path / "r", format="torch", best_fn="loss") as mgr:
+        for step, loss in ((1, 0.5), (2, 0.2), (3, 0.4)):
+            mgr.save(
+                step, {"state_dict": {"w": torch.full((2,), float(step))}}, metrics={"loss": loss}
+            )
+    path = ckpt("best", tmp_path / "r").stdout.strip()
+    assert path == str(tmp_path / "r" / layout.step_dirname(2) / "state.pt")
+    assert torch.load(path, weights_only=True)["state_dict"]["w"].tolist() == [2.0, 2.0]
+    doc = ckpt_json("best", tmp_path / "r")
+    assert doc["path"] == path and doc["step_path"] == str(Path(path).parent)
 
 
 def test_module_entry_point() -> None:
