@@ -38,6 +38,7 @@ _STEP_RE = re.compile(r"^step_([0-9]+)$")
 _TMP_RE = re.compile(r"^\.tmp-step_[0-9]+-[0-9a-f]+$")
 _OLD_RE = re.compile(r"^\.old-(.+)-[0-9a-f]{12}$")
 _CORRUPT_RE = re.compile(r"^step_[0-9]+\.corrupt-[0-9]+$")
+_CORRUPT_RUN_RE = re.compile(r"^run\.json\.corrupt-[0-9]+$")
 
 
 def step_dirname(step: int) -> str:
@@ -63,6 +64,11 @@ def old_dirname(name: str, token: str) -> str:
 
 def corrupt_dirname(step: int, stamp: int) -> str:
     return f"{step_dirname(step)}{CORRUPT_MARK}{stamp}"
+
+
+def corrupt_run_filename(stamp: int) -> str:
+    """Where a damaged `run.json` is moved aside, for inspection."""
+    return f"{RUN_FILE}{CORRUPT_MARK}{stamp}"
 
 
 def is_temporary(name: str) -> bool:
@@ -96,4 +102,5 @@ def is_owned(name: str) -> bool:
         or is_partial(name)
         or parse_step(replaced_entry_of(name) or "") is not None
         or name in SMALL_FILES
+        or bool(_CORRUPT_RUN_RE.match(name))
     )

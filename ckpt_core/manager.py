@@ -224,6 +224,7 @@ class CheckpointManager:
             else:
                 if self._infos:
                     self._apply_on_existing(on_existing)
+                self._set_aside_damaged_run_doc()
                 self._record_retention()
             self._install_signal_handlers(self._signals)
         except BaseException:
@@ -289,6 +290,29 @@ class CheckpointManager:
             return
         self._quarantine_damaged_newest()
         self.resuming = bool(self._infos)
+
+    def _set_aside_damaged_run_doc(self) -> None:
+        """Move a damaged `run.json` aside (never overwrite it): its metadata may be recoverable."""
+        try:
+            raw = self._storage.read_bytes(layout.RUN_FILE)
+        except FileNotFoundError:
+            return
+        try:
+            doc = json.loads(raw)
+        except ValueError:  # not JSON, or not UTF-8
+            doc = None
+        if isinstance(doc, dict):
+            return
+        aside = layout.corrupt_run_filename(int(time.time()))
+        self._storage.write_small(aside, raw)  # a copy, then the removal: works on every store
+        self._storage.remove(layout.RUN_FILE)
+        warnings.warn(
+            f"{self._storage.join(layout.RUN_FILE)} is damaged (not a JSON object); moved aside to "
+            f"{aside} and starting a new one: the run metadata, completion mark and recorded "
+            "retention in it are not used. HINT: recover what you need from the file moved aside.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def _record_retention(self) -> None:
         """Write the retention settings into `run.json`, for readers and `ckpt ls`."""

@@ -364,3 +364,32 @@ def test_restore_of_damaged_step_names_the_file(run_dir):
     with CheckpointManager(run_dir, read_only=True) as mgr:
         with pytest.raises(CorruptCheckpointError, match=r"tree\.json"):
             mgr.restore()
+
+
+# ---------------------------------------------------------------- a damaged run.json
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_a_damaged_run_json_is_moved_aside_never_overwritten(tmp_path, where):
+    import uuid
+
+    import fsspec
+
+    run = str(tmp_path / "run") if where == "local" else f"memory://ckpt-tests/{uuid.uuid4().hex}"
+    with CheckpointManager(run) as mgr:
+        mgr.save(1, {"w": np.ones(2)})
+        mgr.update_run_metadata({"seed": 7})
+    fs, root = fsspec.core.url_to_fs(run)
+    damaged = b'{"metadata": {"seed": 7}, "complete": tr'  # cut short by a bad copy
+    fs.pipe_file(f"{root}/run.json", damaged)
+    with pytest.warns(
+        RuntimeWarning, match=r"run\.json is damaged.*moved aside to run\.json\.corrupt-"
+    ):
+        mgr = CheckpointManager(run, on_existing="resume")
+    with mgr:
+        assert mgr.latest_step() == 1 and mgr.run_metadata == {}
+    aside = [n for n in fs.ls(root, detail=False) if "run.json.corrupt-" in n]
+    assert len(aside) == 1 and fs.cat_file(aside[0]) == damaged  # kept, byte for byte
+    with CheckpointManager(run, on_existing="overwrite"):  # the library's own: overwrite removes it
+        pass
+    assert not [n for n in fs.ls(root, detail=False) if "corrupt" in n]
