@@ -23,6 +23,7 @@ import os
 import random
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -47,6 +48,11 @@ from ckpt_core.signals import check_save_on_signals
 from integrations._torch_data import EpochReplay, describe_loader, unreplayable_reason
 
 __all__ = ["CkptCallback"]
+
+# `max_to_keep` when not given: the latest only when checkpoints are ranked (with `save_top_k`
+# best ones, what `ModelCheckpoint(save_top_k=k, save_last=True)` keeps), else this many newest.
+_UNRANKED_MAX_TO_KEEP = 3
+_NOT_GIVEN: Any = object()
 
 # Lightning versions whose internals `_lightning_checkpoint`, `_find_last_checkpoints` and
 # `_on_train_loaders_ready` were checked against (trainer/connectors/checkpoint_connector.py,
@@ -191,14 +197,30 @@ class CkptCallback(ModelCheckpoint):
 
     Only global rank 0 writes; the other ranks wait at a barrier after each save.
 
+    It takes every `ModelCheckpoint` argument: it honours them as described below, and refuses
+    `filename`, `auto_insert_metric_name=False` and `save_on_train_epoch_end=False` with a
+    `ValueError` naming the equivalent.
+
     Args:
-        dirpath: the checkpoint directory (a local path or an fsspec URL such as `s3://b/run`).
+        dirpath: the checkpoint directory (a local path or an fsspec URL such as `s3://b/run`);
+            None: `<trainer.default_root_dir>/checkpoints`, resolved at `setup`.
+        filename: only None: checkpoints are named by global step (`step_XXXXXXXX/state.pt`).
         monitor: a logged metric to rank checkpoints by ("best"); None: no ranking, and "best"
             means the latest.
+        verbose: log one line per committed save (step, `monitor`'s value, best so far, path).
+        save_last: None, True, False or "link", all accepted: the latest checkpoint is always
+            kept (it is what `resume` continues from) and is `last_model_path`.
+        save_top_k: keep the k best checkpoints by `monitor` besides the latest, as
+            `ModelCheckpoint(save_top_k=k, save_last=True)` does (default 1; -1: keep all; 0:
+            the latest only). Without `monitor`: -1, 0 or 1 (keep all, the latest, the latest).
         mode: "min" or "max": which values of `monitor` are better.
-        save_top_k: how many of the best checkpoints by `monitor` are kept besides the
-            `max_to_keep` newest (-1: all of them). Needs `monitor`; default 1 when it is set.
-        max_to_keep: keep the N newest checkpoints (None: keep all). The latest is always kept.
+        auto_insert_metric_name: only True (names are fixed; the metrics are in the manifest).
+        enable_version_counter: True or False: names never collide within a run, and a step
+            saved again replaces itself atomically (what False asks for).
+        save_on_train_epoch_end: None or True: saves are at train epoch ends, after that
+            epoch's validation; False (save at every validation end) is refused.
+        max_to_keep: also keep the N newest checkpoints (None: keep all). Default: 1 (the latest)
+            with `monitor` or `save_top_k`, all with `save_top_k=-1`, else 3.
         keep_period: checkpoints at a global step divisible by this are never deleted.
         every_n_train_steps: save when the global step is a multiple of this.
         every_n_epochs: save at the end of every N-th training epoch (the default, with 1, when
@@ -258,18 +280,24 @@ class CkptCallback(ModelCheckpoint):
 
     def __init__(
         self,
-        dirpath: str | Path,
+        dirpath: str | Path | None = None,
         *,
+        filename: str | None = None,
         monitor: str | None = None,
-        mode: Literal["min", "max"] = "min",
+        verbose: bool = False,
+        save_last: bool | Literal["link"] | None = None,
         save_top_k: int | None = None,
-        max_to_keep: int | None = 3,
-        keep_period: int | None = None,
-        every_n_train_steps: int | None = None,
-        every_n_epochs: int | None = None,
-        train_time_interval: timedelta | float | None = None,
-        save_weights_only: bool = False,
         save_on_exception: bool = False,
+        save_weights_only: bool = False,
+        mode: Literal["min", "max"] = "min",
+        auto_insert_metric_name: bool = True,
+        every_n_train_steps: int | None = None,
+        train_time_interval: timedelta | float | None = None,
+        every_n_epochs: int | None = None,
+        save_on_train_epoch_end: bool | None = None,
+        enable_version_counter: bool = True,
+        max_to_keep: int | None = _NOT_GIVEN,
+        keep_period: int | None = None,
         resume: bool = False,
         overwrite: bool = False,
         async_save: bool = False,
@@ -291,6 +319,14 @@ class CkptCallback(ModelCheckpoint):
             resume=resume,
             overwrite=overwrite,
         )
+        _check_model_checkpoint_arguments(
+            filename=filename,
+            verbose=verbose,
+            save_last=save_last,
+            auto_insert_metric_name=auto_insert_metric_name,
+            save_on_train_epoch_end=save_on_train_epoch_end,
+            enable_version_counter=enable_version_counter,
+        )
         # Checked here, not first at `fit`: the manager is opened only then.
         if dirpath is not None and (
             not isinstance(dirpath, str | os.PathLike) or not os.fspath(dirpath)
@@ -299,6 +335,8 @@ class CkptCallback(ModelCheckpoint):
                 f"CkptCallback got dirpath={describe(dirpath)}; expected a directory path or URL. "
                 "HINT: CkptCallback('checkpoints/run1')."
             )
+        if max_to_keep is _NOT_GIVEN:
+            max_to_keep = _default_max_to_keep(monitor, save_top_k)
         check_int("max_to_keep", max_to_keep, minimum=1, none="keep all", example=3)
         check_int("keep_period", keep_period, minimum=1, none="off", example=1000)
         for name, flag in (
@@ -313,10 +351,17 @@ class CkptCallback(ModelCheckpoint):
             every_n_epochs = 1
         if isinstance(train_time_interval, (int, float)):
             train_time_interval = timedelta(seconds=train_time_interval)
-        self.dirpath = str(dirpath)
+        # None: Lightning's default, `<default_root_dir>/checkpoints`, resolved at `setup`.
+        self._dirpath_given = None if dirpath is None else str(dirpath)
+        self.dirpath: str | None = self._dirpath_given
         self.monitor = monitor
         self.mode = mode
-        self.save_top_k = (1 if save_top_k is None else save_top_k) if monitor else None
+        self.verbose = verbose
+        self.save_last = save_last
+        self.filename = filename  # always None (refused otherwise); ModelCheckpoint has it
+        self.auto_insert_metric_name = auto_insert_metric_name
+        # ModelCheckpoint's default is 1; loggers read it (save_top_k == -1: upload every save).
+        self.save_top_k = 1 if save_top_k is None else save_top_k
         self.max_to_keep = max_to_keep
         self.keep_period = keep_period
         self.every_n_train_steps = every_n_train_steps
@@ -331,8 +376,8 @@ class CkptCallback(ModelCheckpoint):
         self.resumed_step: int | None = None
         self.preempted = False
         # Options forwarded to every manager opened on `dirpath`, writer or reader, so that both
-        # rank checkpoints the same way. save_top_k=-1 ("all") becomes a K no run reaches.
-        keep_best = 0 if self.save_top_k is None else self.save_top_k
+        # rank checkpoints the same way. save_top_k=-1 ("all") ranks every step.
+        keep_best = self.save_top_k if monitor else 0
         self._manager_options: dict[str, Any] = dict(
             max_to_keep=max_to_keep,
             keep_period=keep_period,
@@ -358,6 +403,7 @@ class CkptCallback(ModelCheckpoint):
         self._unreplayable: list[str] = []  # train loaders that restart mid-epoch, and why
         self._undo_loader_hook: Callable[[], None] | None = None
         self._warned_unreplayable = False
+        self._unannounced_step: int | None = None  # committed (or being), loggers not yet told
 
     # ------------------------------------------------------------------ identity
 
@@ -380,6 +426,9 @@ class CkptCallback(ModelCheckpoint):
         None while `dirpath` does not exist (nothing saved yet)."""
         if self._manager is not None:
             yield self._manager
+            return
+        if self.dirpath is None:  # Lightning's default directory, not resolved before `setup`
+            yield None
             return
         try:
             view = CheckpointManager(self.dirpath, read_only=True, **self._manager_options)
@@ -437,12 +486,75 @@ class CkptCallback(ModelCheckpoint):
             step = None if manager is None else manager.latest_step()
             return "" if manager is None or step is None else str(manager.payload_path(step))
 
+    @property
+    def current_score(self) -> torch.Tensor | None:
+        """`monitor`'s value at the latest checkpoint, or None."""
+        if self.monitor is None:
+            return None
+        with self._reading() as manager:
+            step = None if manager is None else manager.latest_step()
+            value = None if manager is None or step is None else manager.metrics(step)
+            return (
+                None
+                if value is None or self.monitor not in value
+                else torch.tensor(value[self.monitor])
+            )
+
+    @property
+    def kth_best_model_path(self) -> str:
+        """The worst-ranked of `best_k_models` ("" when there is none)."""
+        kth = self._kth_best()
+        return "" if kth is None else kth[0]
+
+    @property
+    def kth_value(self) -> torch.Tensor:
+        """The score of `kth_best_model_path`; before it exists, the worst possible score."""
+        kth = self._kth_best()
+        if kth is None:
+            return torch.tensor(float("inf") if self.mode == "min" else float("-inf"))
+        return kth[1]
+
+    def _kth_best(self) -> tuple[str, torch.Tensor] | None:
+        best = self.best_k_models
+        if not best:
+            return None
+        pick = max if self.mode == "min" else min
+        path = pick(best, key=lambda p: float(best[p]))
+        return path, best[path]
+
+    def to_yaml(self, filepath: str | os.PathLike[str] | None = None) -> None:
+        """Write `best_k_models` (payload path -> score) as YAML, as `ModelCheckpoint` does.
+
+        Args:
+            filepath: where; default `<dirpath>/best_k_models.yaml`.
+        """
+        import fsspec
+        import yaml
+
+        if filepath is None:
+            if self.dirpath is None:
+                raise ValueError(
+                    "CkptCallback.to_yaml() needs a file path: dirpath=None is resolved when "
+                    "`fit` sets up. HINT: call it after `fit`, or pass to_yaml('best_k.yaml')."
+                )
+            filepath = f"{self.dirpath.rstrip('/')}/best_k_models.yaml"
+        best_k = {path: float(score) for path, score in self.best_k_models.items()}
+        with fsspec.open(os.fspath(filepath), "w", **(self.storage_options or {})) as f:
+            yaml.dump(best_k, f)
+
+    def _resolve_dirpath(self, trainer: Trainer) -> None:
+        # ModelCheckpoint's default with dirpath=None, without its logger-version subfolder: a
+        # resumed run must find the same directory.
+        if self._dirpath_given is None:
+            self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
+
     def _find_last_checkpoints(self, trainer: Trainer) -> set[str]:
         # Lightning's `fit/validate/test(ckpt_path="last")` asks each ModelCheckpoint for its
         # last checkpoint through this (private) method; see LIGHTNING_VERSIONS_CHECKED. A
         # `fit` that asked for "last" continues this run, so `setup` resumes the directory.
         if trainer.state.fn == "fit":
             self._last_requested = True
+        self._resolve_dirpath(trainer)
         last = self.last_model_path
         return {last} if last else set()
 
@@ -450,11 +562,13 @@ class CkptCallback(ModelCheckpoint):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._pending_rng = None
+        self._resolve_dirpath(trainer)
         if stage != "fit":
             self._last_requested = False
             return
         self.resumed_step = None
         self.preempted = False
+        self._unannounced_step = None
         self._due_at_epoch_end = None
         self._validation_ran = False
         self._release_train_loaders()
@@ -493,6 +607,7 @@ class CkptCallback(ModelCheckpoint):
         failure: BaseException | None = None
         resume_step = None
         if trainer.is_global_zero and self._manager is None:
+            assert self.dirpath is not None  # resolved at `setup`
             try:
                 self._manager = CheckpointManager(
                     self.dirpath,
@@ -641,6 +756,7 @@ class CkptCallback(ModelCheckpoint):
             return
         if not self._skip(trainer) and trainer.global_step > 0:
             self._save(trainer, trigger="train_end", at_epoch_end=True)
+        self._announce_committed(trainer)
         if self._manager is not None:
             self._manager.mark_complete()
 
@@ -673,8 +789,11 @@ class CkptCallback(ModelCheckpoint):
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":
-            self._close_writer()
-            self._release_train_loaders()
+            try:
+                self._announce_committed(trainer)  # a preemption's async save, say
+            finally:
+                self._close_writer()
+                self._release_train_loaders()
         self._pending_rng = None
 
     def _preemption_due(self, trainer: Trainer) -> bool:
@@ -694,6 +813,18 @@ class CkptCallback(ModelCheckpoint):
             f"CkptCallback: preempted by a signal; step {trainer.global_step} is saved in "
             f"{self.dirpath}; stopping. Run again with resume=True to continue."
         )
+
+    def _announce_committed(self, trainer: Trainer) -> None:
+        """Once the last save is committed: the `verbose` line, and `after_save_checkpoint` for
+        every logger (model uploads read the paths then), as `ModelCheckpoint` does. Rank 0."""
+        step, self._unannounced_step = self._unannounced_step, None
+        if step is None or self._manager is None:
+            return
+        self._manager.wait()  # an async save: its step is committed before anyone is told
+        if self.verbose:
+            rank_zero_info(_describe_save(self._manager, step, self.monitor))
+        for logger in trainer.loggers:
+            logger.after_save_checkpoint(weakref.proxy(self))
 
     def _metrics(self, trainer: Trainer, *, check_monitor: bool) -> dict[str, float]:
         metrics = {**self._carried_metrics, **_numeric_metrics(trainer.callback_metrics)}
@@ -739,6 +870,7 @@ class CkptCallback(ModelCheckpoint):
         finally:
             self._saving_at_epoch_end = False
         if self._manager is not None:
+            self._announce_committed(trainer)  # the async save before this one
             with warnings.catch_warnings():
                 if self.monitor is not None and self.monitor not in metrics:
                     # Expected before the first validation (see `_metrics`); the core would
@@ -755,10 +887,76 @@ class CkptCallback(ModelCheckpoint):
                     },
                     force=True,
                 )
+            self._unannounced_step = step
+            if not self.async_save:
+                self._announce_committed(trainer)
         if barrier:
             trainer.strategy.barrier("CkptCallback.save")
         self._last_saved_step = step
         self._last_save_time = time.monotonic()
+
+
+def _describe_save(manager: CheckpointManager, step: int, monitor: str | None) -> str:
+    """`verbose=True`'s line for a committed step, in `ModelCheckpoint`'s words."""
+    metrics = manager.metrics(step)
+    epoch = (manager.metadata(step) or {}).get("epoch", "?")
+    head = f"CkptCallback: Epoch {epoch}, global step {step}:"
+    where = f"saved to {str(manager.payload_path(step))!r}"
+    if monitor is None:
+        return f"{head} {where}"
+    if monitor not in metrics:
+        return f"{head} {monitor!r} not logged yet (unranked), {where}"
+    best = manager.best_step()
+    so_far = "" if best is None else f" (best {manager.metrics(best)[monitor]:0.5f} at step {best})"
+    return f"{head} {monitor!r} reached {metrics[monitor]:0.5f}{so_far}, {where}"
+
+
+def _default_max_to_keep(monitor: str | None, save_top_k: int | None) -> int | None:
+    """`max_to_keep` when not given: keep what the equivalent `ModelCheckpoint(save_top_k=k,
+    save_last=True)` keeps (the k best and the latest; all with save_top_k=-1)."""
+    if save_top_k == -1:
+        return None
+    if monitor is not None or save_top_k is not None:
+        return 1
+    return _UNRANKED_MAX_TO_KEEP
+
+
+def _check_model_checkpoint_arguments(
+    *,
+    filename: str | None,
+    verbose: bool,
+    save_last: bool | str | None,
+    auto_insert_metric_name: bool,
+    save_on_train_epoch_end: bool | None,
+    enable_version_counter: bool,
+) -> None:
+    """Accept the `ModelCheckpoint` arguments that mean something here; refuse the others with
+    the equivalent, so code written for `ModelCheckpoint` runs or says what to change."""
+    if filename is not None:
+        raise ValueError(
+            f"CkptCallback got filename={filename!r}; checkpoints are named by global step "
+            "(<dirpath>/step_XXXXXXXX/state.pt) and their metrics are in the manifest. HINT: "
+            "drop filename; use cb.best_model_path / cb.last_model_path or `ckpt ls DIR`."
+        )
+    if auto_insert_metric_name is not True:
+        raise ValueError(
+            f"CkptCallback got auto_insert_metric_name={auto_insert_metric_name!r}; it only "
+            "shapes file names, and names here are fixed (step_XXXXXXXX/state.pt; the metrics "
+            "are in the manifest). HINT: drop auto_insert_metric_name."
+        )
+    if save_on_train_epoch_end is not None and save_on_train_epoch_end is not True:
+        raise ValueError(
+            f"CkptCallback got save_on_train_epoch_end={save_on_train_epoch_end!r}; it saves "
+            "at train epoch ends, after that epoch's validation, not at every validation end. "
+            "HINT: drop save_on_train_epoch_end; to save mid-epoch use every_n_train_steps."
+        )
+    if save_last not in (None, True, False, "link"):
+        raise ValueError(
+            f"CkptCallback got save_last={save_last!r}; expected None, True, False or 'link'. "
+            "HINT: drop save_last; the latest checkpoint is always kept (cb.last_model_path)."
+        )
+    for name, flag in (("verbose", verbose), ("enable_version_counter", enable_version_counter)):
+        check_bool(name, flag)
 
 
 def _validate_arguments(
@@ -822,14 +1020,14 @@ def _validate_arguments(
             "metric. HINT: monitor='val_loss'."
         )
     if save_top_k is not None:
-        if monitor is None:
-            raise ValueError(
-                f"CkptCallback got save_top_k={save_top_k!r} without monitor; ranking needs a"
-                " metric. HINT: pass monitor='val_loss' (a key you log), or use max_to_keep to"
-                " keep the N newest checkpoints."
-            )
         if not isinstance(save_top_k, int) or isinstance(save_top_k, bool) or save_top_k < -1:
             raise ValueError(
                 f"CkptCallback got save_top_k={save_top_k!r}; expected -1 (keep all), 0 or a"
                 " positive integer."
+            )
+        if monitor is None and save_top_k > 1:  # -1, 0 and 1 need no ranking, as in Lightning
+            raise ValueError(
+                f"CkptCallback got save_top_k={save_top_k!r} without monitor; ranking needs a"
+                " metric. HINT: pass monitor='val_loss' (a key you log), or use"
+                f" max_to_keep={save_top_k} to keep the {save_top_k} newest checkpoints."
             )
