@@ -40,9 +40,11 @@ from ckpt_core import (
     CheckpointError,
     CheckpointManager,
     CheckpointNotFoundError,
+    CorruptCheckpointError,
     UnrankedStepWarning,
 )
 from ckpt_core._options import check_bool, check_int, check_mapping, check_seconds, describe
+from ckpt_core.layout import parse_step
 from ckpt_core.manager import on_existing_from_flags
 from ckpt_core.signals import check_save_on_signals
 from integrations._torch_data import EpochReplay, describe_loader, unreplayable_reason
@@ -130,6 +132,22 @@ def _on_train_loaders_ready(
 
     fit_loop._load_combined_loader_states = prepare_then_load_states  # type: ignore[method-assign]
     return lambda: fit_loop.__dict__.pop("_load_combined_loader_states", None)
+
+
+def _before_checkpoint_loads(trainer: Trainer, check: Callable[[Any], None]) -> Callable[[], None]:
+    """Call `check(path)` each time the trainer's strategy is about to load a checkpoint file
+    (`fit/validate/test/predict(ckpt_path=...)`, "last" and "best" included); returns the function
+    that undoes it. `Strategy.load_checkpoint` is public; it is wrapped on this trainer's strategy
+    only."""
+    strategy = trainer.strategy
+    load = strategy.load_checkpoint
+
+    def check_then_load(checkpoint_path: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        check(checkpoint_path)
+        return load(checkpoint_path, *args, **kwargs)
+
+    strategy.load_checkpoint = check_then_load  # type: ignore[method-assign]
+    return lambda: strategy.__dict__.pop("load_checkpoint", None)
 
 
 def _capture_rng_states() -> dict[str, Any]:
@@ -250,6 +268,11 @@ class CkptCallback(ModelCheckpoint):
         last_model_path: the payload file of the latest checkpoint ("").
         resumed_step: the global step `fit` resumed from, or None.
         preempted: a signal in `save_on_signals` stopped the last `fit` after its save.
+
+    A `ckpt_path=` of `fit`, `validate`, `test` or `predict` that names a file of a committed
+    step in `dirpath` ("best" and "last" included) is checked against the step's checksums
+    before Lightning loads it, on a trainer that has this callback; a damaged file raises
+    `ckpt_core.CorruptCheckpointError` naming it.
 
     With neither `resume` nor `overwrite`, `fit` raises `ckpt_core.CheckpointExistsError` when
     `dirpath` already holds checkpoints, rather than mixing two runs. `trainer.fit(model,
@@ -404,6 +427,7 @@ class CkptCallback(ModelCheckpoint):
         self._undo_loader_hook: Callable[[], None] | None = None
         self._warned_unreplayable = False
         self._unannounced_step: int | None = None  # committed (or being), loggers not yet told
+        self._undo_load_check: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ identity
 
@@ -563,6 +587,8 @@ class CkptCallback(ModelCheckpoint):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._pending_rng = None
         self._resolve_dirpath(trainer)
+        self._stop_checking_loads()
+        self._undo_load_check = _before_checkpoint_loads(trainer, self._verify_before_load)
         if stage != "fit":
             self._last_requested = False
             return
@@ -601,6 +627,36 @@ class CkptCallback(ModelCheckpoint):
             _lightning_checkpoint(trainer, restore=checkpoint)
         self.resumed_step = resume_step
         rank_zero_info(f"CkptCallback: resuming from step {resume_step} in {self.dirpath}")
+
+    def _verify_before_load(self, path: Any) -> None:
+        """A file of a committed step in `dirpath` is checked against its manifest's checksums
+        before Lightning loads it (raises CorruptCheckpointError naming the file)."""
+        if self.dirpath is None or not isinstance(path, str | os.PathLike):
+            return
+        path = os.fspath(path)
+        step = parse_step(os.path.basename(os.path.dirname(path.rstrip("/"))))
+        if step is None:
+            return
+        with self._reading() as manager:
+            if manager is None or step not in manager.all_steps():
+                return
+            ours = str(manager.payload_path(step))
+            if "://" not in ours:
+                ours, path = os.path.realpath(ours), os.path.realpath(path)
+            if ours == path:
+                try:
+                    manager.verify(step)
+                except CorruptCheckpointError as e:
+                    e.add_note(
+                        f"CkptCallback refused to load it as ckpt_path. HINT: `ckpt verify "
+                        f"{self.dirpath}` lists the intact steps; pass one of their files."
+                    )
+                    raise
+
+    def _stop_checking_loads(self) -> None:
+        if self._undo_load_check is not None:
+            self._undo_load_check()
+            self._undo_load_check = None
 
     def _open_writer(self, trainer: Trainer, on_existing: str) -> int | None:
         """Open the manager on global rank 0; returns, on every rank, the step to resume from."""
@@ -783,6 +839,7 @@ class CkptCallback(ModelCheckpoint):
             self.preempted = self.preempted or preempting
             self._close_writer()
             self._release_train_loaders()  # no `teardown` follows an exception
+            self._stop_checking_loads()
         except Exception as e:  # never hide the exception that stopped training
             exception.add_note(f"CkptCallback: the checkpoint on exception failed: {e!r}")
             rank_zero_warn(f"CkptCallback: the checkpoint on exception failed: {e!r}")
@@ -794,6 +851,7 @@ class CkptCallback(ModelCheckpoint):
             finally:
                 self._close_writer()
                 self._release_train_loaders()
+        self._stop_checking_loads()
         self._pending_rng = None
 
     def _preemption_due(self, trainer: Trainer) -> bool:

@@ -15,7 +15,7 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
-from ckpt_core import CheckpointManager
+from ckpt_core import CheckpointManager, CorruptCheckpointError
 from integrations.lightning import CkptCallback
 from tests.integrations.test_lightning import (
     BATCH,
@@ -274,3 +274,30 @@ def test_attributes_lightning_code_reads_and_to_yaml(tmp_path):
     assert yaml.safe_load((tmp_path / "elsewhere.yaml").read_text()) == written
     with CheckpointManager(tmp_path, on_existing="resume") as manager:  # a file of the user's
         assert manager.all_steps() == [2, 4]
+
+
+# ---------------------------------------------------------------- checksums
+
+
+def flip_a_weight(path: str, model: TinyModule) -> None:
+    """Change one stored weight in place, keeping the file's size: torch.load still opens it."""
+    data = bytearray(Path(path).read_bytes())
+    weight = model.net[0].weight.detach().reshape(-1)[:4].numpy().tobytes()
+    at = data.index(weight)
+    data[at] ^= 0x40
+    Path(path).write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("which", ["best", "path"])
+def test_ckpt_path_into_the_directory_is_verified_against_its_checksums(tmp_path, which):
+    cb = CkptCallback(tmp_path, monitor="val_loss")
+    model, trainer = run(cb, max_epochs=2)
+    best = cb.best_model_path
+    _, val = loaders("shuffled")
+    trainer.validate(model, dataloaders=val, ckpt_path=best, verbose=False)  # intact: loads
+    flip_a_weight(best, model)
+    torch.load(best, weights_only=True)  # the damage is invisible to torch.load
+    with pytest.raises(CorruptCheckpointError, match=re.escape("state.pt")):
+        trainer.validate(model, dataloaders=val, ckpt_path=which if which == "best" else best)
+    with pytest.raises(CorruptCheckpointError):  # a new trainer with the callback, as users do
+        trainer_for([cb], max_epochs=1).test(model, dataloaders=val, ckpt_path=best)
