@@ -54,7 +54,16 @@ __all__ = ["CkptCallback"]
 # `max_to_keep` when not given: the latest only when checkpoints are ranked (with `save_top_k`
 # best ones, what `ModelCheckpoint(save_top_k=k, save_last=True)` keeps), else this many newest.
 _UNRANKED_MAX_TO_KEEP = 3
-_NOT_GIVEN: Any = object()
+
+
+class _NotGiven:
+    """`max_to_keep`'s default, which depends on `monitor` and `save_top_k`."""
+
+    def __repr__(self) -> str:
+        return "<1 with monitor or save_top_k, None with save_top_k=-1, else 3>"
+
+
+_NOT_GIVEN: Any = _NotGiven()
 
 # Lightning versions whose internals `_lightning_checkpoint`, `_find_last_checkpoints` and
 # `_on_train_loaders_ready` were checked against (trainer/connectors/checkpoint_connector.py,
@@ -304,7 +313,6 @@ class CkptCallback(ModelCheckpoint):
     def __init__(
         self,
         dirpath: str | Path | None = None,
-        *,
         filename: str | None = None,
         monitor: str | None = None,
         verbose: bool = False,
@@ -319,6 +327,7 @@ class CkptCallback(ModelCheckpoint):
         every_n_epochs: int | None = None,
         save_on_train_epoch_end: bool | None = None,
         enable_version_counter: bool = True,
+        *,
         max_to_keep: int | None = _NOT_GIVEN,
         keep_period: int | None = None,
         resume: bool = False,

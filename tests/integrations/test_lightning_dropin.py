@@ -137,6 +137,10 @@ def test_every_model_checkpoint_argument_is_honoured_or_refused_by_name(tmp_path
             assert p.name not in REFUSED, p.name
             if p.name in ("monitor", "verbose", "save_last", "mode", "save_top_k"):
                 assert getattr(cb, p.name) == value, p.name
+    # In ModelCheckpoint's order, so that positional calls mean the same.
+    ours = list(inspect.signature(CkptCallback.__init__).parameters.values())[1 : len(params) + 1]
+    assert [(p.name, p.kind) for p in ours] == [(p.name, p.kind) for p in params]
+    assert CkptCallback(None, None, "val_loss", True).verbose is True
     # save_top_k=3 was refused only for want of a monitor, as ModelCheckpoint refuses it.
     assert CkptCallback(monitor="val_loss", save_top_k=3).save_top_k == 3
     assert list(tmp_path.iterdir()) == []
