@@ -23,6 +23,7 @@ import os
 import random
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -39,14 +40,30 @@ from ckpt_core import (
     CheckpointError,
     CheckpointManager,
     CheckpointNotFoundError,
+    CorruptCheckpointError,
     UnrankedStepWarning,
 )
 from ckpt_core._options import check_bool, check_int, check_mapping, check_seconds, describe
+from ckpt_core.layout import parse_step
 from ckpt_core.manager import on_existing_from_flags
 from ckpt_core.signals import check_save_on_signals
 from integrations._torch_data import EpochReplay, describe_loader, unreplayable_reason
 
 __all__ = ["CkptCallback"]
+
+# `max_to_keep` when not given: the latest only when checkpoints are ranked (with `save_top_k`
+# best ones, what `ModelCheckpoint(save_top_k=k, save_last=True)` keeps), else this many newest.
+_UNRANKED_MAX_TO_KEEP = 3
+
+
+class _NotGiven:
+    """`max_to_keep`'s default, which depends on `monitor` and `save_top_k`."""
+
+    def __repr__(self) -> str:
+        return "<1 with monitor or save_top_k, None with save_top_k=-1, else 3>"
+
+
+_NOT_GIVEN: Any = _NotGiven()
 
 # Lightning versions whose internals `_lightning_checkpoint`, `_find_last_checkpoints` and
 # `_on_train_loaders_ready` were checked against (trainer/connectors/checkpoint_connector.py,
@@ -126,6 +143,22 @@ def _on_train_loaders_ready(
     return lambda: fit_loop.__dict__.pop("_load_combined_loader_states", None)
 
 
+def _before_checkpoint_loads(trainer: Trainer, check: Callable[[Any], None]) -> Callable[[], None]:
+    """Call `check(path)` each time the trainer's strategy is about to load a checkpoint file
+    (`fit/validate/test/predict(ckpt_path=...)`, "last" and "best" included); returns the function
+    that undoes it. `Strategy.load_checkpoint` is public; it is wrapped on this trainer's strategy
+    only."""
+    strategy = trainer.strategy
+    load = strategy.load_checkpoint
+
+    def check_then_load(checkpoint_path: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        check(checkpoint_path)
+        return load(checkpoint_path, *args, **kwargs)
+
+    strategy.load_checkpoint = check_then_load  # type: ignore[method-assign]
+    return lambda: strategy.__dict__.pop("load_checkpoint", None)
+
+
 def _capture_rng_states() -> dict[str, Any]:
     """The Python, numpy and torch (and, when in use, CUDA) RNG states, as torch.load-safe data."""
     version, internal, gauss = random.getstate()
@@ -191,14 +224,30 @@ class CkptCallback(ModelCheckpoint):
 
     Only global rank 0 writes; the other ranks wait at a barrier after each save.
 
+    It takes every `ModelCheckpoint` argument: it honours them as described below, and refuses
+    `filename`, `auto_insert_metric_name=False` and `save_on_train_epoch_end=False` with a
+    `ValueError` naming the equivalent.
+
     Args:
-        dirpath: the checkpoint directory (a local path or an fsspec URL such as `s3://b/run`).
+        dirpath: the checkpoint directory (a local path or an fsspec URL such as `s3://b/run`);
+            None: `<trainer.default_root_dir>/checkpoints`, resolved at `setup`.
+        filename: only None: checkpoints are named by global step (`step_XXXXXXXX/state.pt`).
         monitor: a logged metric to rank checkpoints by ("best"); None: no ranking, and "best"
             means the latest.
+        verbose: log one line per committed save (step, `monitor`'s value, best so far, path).
+        save_last: None, True, False or "link", all accepted: the latest checkpoint is always
+            kept (it is what `resume` continues from) and is `last_model_path`.
+        save_top_k: keep the k best checkpoints by `monitor` besides the latest, as
+            `ModelCheckpoint(save_top_k=k, save_last=True)` does (default 1; -1: keep all; 0:
+            the latest only). Without `monitor`: -1, 0 or 1 (keep all, the latest, the latest).
         mode: "min" or "max": which values of `monitor` are better.
-        save_top_k: how many of the best checkpoints by `monitor` are kept besides the
-            `max_to_keep` newest (-1: all of them). Needs `monitor`; default 1 when it is set.
-        max_to_keep: keep the N newest checkpoints (None: keep all). The latest is always kept.
+        auto_insert_metric_name: only True (names are fixed; the metrics are in the manifest).
+        enable_version_counter: True or False: names never collide within a run, and a step
+            saved again replaces itself atomically (what False asks for).
+        save_on_train_epoch_end: None or True: saves are at train epoch ends, after that
+            epoch's validation; False (save at every validation end) is refused.
+        max_to_keep: also keep the N newest checkpoints (None: keep all). Default: 1 (the latest)
+            with `monitor` or `save_top_k`, all with `save_top_k=-1`, else 3.
         keep_period: checkpoints at a global step divisible by this are never deleted.
         every_n_train_steps: save when the global step is a multiple of this.
         every_n_epochs: save at the end of every N-th training epoch (the default, with 1, when
@@ -229,6 +278,11 @@ class CkptCallback(ModelCheckpoint):
         resumed_step: the global step `fit` resumed from, or None.
         preempted: a signal in `save_on_signals` stopped the last `fit` after its save.
 
+    A `ckpt_path=` of `fit`, `validate`, `test` or `predict` that names a file of a committed
+    step in `dirpath` ("best" and "last" included) is checked against the step's checksums
+    before Lightning loads it, on a trainer that has this callback; a damaged file raises
+    `ckpt_core.CorruptCheckpointError` naming it.
+
     With neither `resume` nor `overwrite`, `fit` raises `ckpt_core.CheckpointExistsError` when
     `dirpath` already holds checkpoints, rather than mixing two runs. `trainer.fit(model,
     ckpt_path="last")` continues the run in `dirpath` like `resume=True`; an explicit
@@ -258,18 +312,24 @@ class CkptCallback(ModelCheckpoint):
 
     def __init__(
         self,
-        dirpath: str | Path,
-        *,
+        dirpath: str | Path | None = None,
+        filename: str | None = None,
         monitor: str | None = None,
-        mode: Literal["min", "max"] = "min",
+        verbose: bool = False,
+        save_last: bool | Literal["link"] | None = None,
         save_top_k: int | None = None,
-        max_to_keep: int | None = 3,
-        keep_period: int | None = None,
-        every_n_train_steps: int | None = None,
-        every_n_epochs: int | None = None,
-        train_time_interval: timedelta | float | None = None,
-        save_weights_only: bool = False,
         save_on_exception: bool = False,
+        save_weights_only: bool = False,
+        mode: Literal["min", "max"] = "min",
+        auto_insert_metric_name: bool = True,
+        every_n_train_steps: int | None = None,
+        train_time_interval: timedelta | float | None = None,
+        every_n_epochs: int | None = None,
+        save_on_train_epoch_end: bool | None = None,
+        enable_version_counter: bool = True,
+        *,
+        max_to_keep: int | None = _NOT_GIVEN,
+        keep_period: int | None = None,
         resume: bool = False,
         overwrite: bool = False,
         async_save: bool = False,
@@ -291,6 +351,14 @@ class CkptCallback(ModelCheckpoint):
             resume=resume,
             overwrite=overwrite,
         )
+        _check_model_checkpoint_arguments(
+            filename=filename,
+            verbose=verbose,
+            save_last=save_last,
+            auto_insert_metric_name=auto_insert_metric_name,
+            save_on_train_epoch_end=save_on_train_epoch_end,
+            enable_version_counter=enable_version_counter,
+        )
         # Checked here, not first at `fit`: the manager is opened only then.
         if dirpath is not None and (
             not isinstance(dirpath, str | os.PathLike) or not os.fspath(dirpath)
@@ -299,6 +367,8 @@ class CkptCallback(ModelCheckpoint):
                 f"CkptCallback got dirpath={describe(dirpath)}; expected a directory path or URL. "
                 "HINT: CkptCallback('checkpoints/run1')."
             )
+        if max_to_keep is _NOT_GIVEN:
+            max_to_keep = _default_max_to_keep(monitor, save_top_k)
         check_int("max_to_keep", max_to_keep, minimum=1, none="keep all", example=3)
         check_int("keep_period", keep_period, minimum=1, none="off", example=1000)
         for name, flag in (
@@ -313,10 +383,17 @@ class CkptCallback(ModelCheckpoint):
             every_n_epochs = 1
         if isinstance(train_time_interval, (int, float)):
             train_time_interval = timedelta(seconds=train_time_interval)
-        self.dirpath = str(dirpath)
+        # None: Lightning's default, `<default_root_dir>/checkpoints`, resolved at `setup`.
+        self._dirpath_given = None if dirpath is None else str(dirpath)
+        self.dirpath: str | None = self._dirpath_given
         self.monitor = monitor
         self.mode = mode
-        self.save_top_k = (1 if save_top_k is None else save_top_k) if monitor else None
+        self.verbose = verbose
+        self.save_last = save_last
+        self.filename = filename  # always None (refused otherwise); ModelCheckpoint has it
+        self.auto_insert_metric_name = auto_insert_metric_name
+        # ModelCheckpoint's default is 1; loggers read it (save_top_k == -1: upload every save).
+        self.save_top_k = 1 if save_top_k is None else save_top_k
         self.max_to_keep = max_to_keep
         self.keep_period = keep_period
         self.every_n_train_steps = every_n_train_steps
@@ -331,8 +408,8 @@ class CkptCallback(ModelCheckpoint):
         self.resumed_step: int | None = None
         self.preempted = False
         # Options forwarded to every manager opened on `dirpath`, writer or reader, so that both
-        # rank checkpoints the same way. save_top_k=-1 ("all") becomes a K no run reaches.
-        keep_best = 0 if self.save_top_k is None else self.save_top_k
+        # rank checkpoints the same way. save_top_k=-1 ("all") ranks every step.
+        keep_best = self.save_top_k if monitor else 0
         self._manager_options: dict[str, Any] = dict(
             max_to_keep=max_to_keep,
             keep_period=keep_period,
@@ -358,6 +435,8 @@ class CkptCallback(ModelCheckpoint):
         self._unreplayable: list[str] = []  # train loaders that restart mid-epoch, and why
         self._undo_loader_hook: Callable[[], None] | None = None
         self._warned_unreplayable = False
+        self._unannounced_step: int | None = None  # committed (or being), loggers not yet told
+        self._undo_load_check: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ identity
 
@@ -380,6 +459,9 @@ class CkptCallback(ModelCheckpoint):
         None while `dirpath` does not exist (nothing saved yet)."""
         if self._manager is not None:
             yield self._manager
+            return
+        if self.dirpath is None:  # Lightning's default directory, not resolved before `setup`
+            yield None
             return
         try:
             view = CheckpointManager(self.dirpath, read_only=True, **self._manager_options)
@@ -437,12 +519,75 @@ class CkptCallback(ModelCheckpoint):
             step = None if manager is None else manager.latest_step()
             return "" if manager is None or step is None else str(manager.payload_path(step))
 
+    @property
+    def current_score(self) -> torch.Tensor | None:
+        """`monitor`'s value at the latest checkpoint, or None."""
+        if self.monitor is None:
+            return None
+        with self._reading() as manager:
+            step = None if manager is None else manager.latest_step()
+            value = None if manager is None or step is None else manager.metrics(step)
+            return (
+                None
+                if value is None or self.monitor not in value
+                else torch.tensor(value[self.monitor])
+            )
+
+    @property
+    def kth_best_model_path(self) -> str:
+        """The worst-ranked of `best_k_models` ("" when there is none)."""
+        kth = self._kth_best()
+        return "" if kth is None else kth[0]
+
+    @property
+    def kth_value(self) -> torch.Tensor:
+        """The score of `kth_best_model_path`; before it exists, the worst possible score."""
+        kth = self._kth_best()
+        if kth is None:
+            return torch.tensor(float("inf") if self.mode == "min" else float("-inf"))
+        return kth[1]
+
+    def _kth_best(self) -> tuple[str, torch.Tensor] | None:
+        best = self.best_k_models
+        if not best:
+            return None
+        pick = max if self.mode == "min" else min
+        path = pick(best, key=lambda p: float(best[p]))
+        return path, best[path]
+
+    def to_yaml(self, filepath: str | os.PathLike[str] | None = None) -> None:
+        """Write `best_k_models` (payload path -> score) as YAML, as `ModelCheckpoint` does.
+
+        Args:
+            filepath: where; default `<dirpath>/best_k_models.yaml`.
+        """
+        import fsspec
+        import yaml
+
+        if filepath is None:
+            if self.dirpath is None:
+                raise ValueError(
+                    "CkptCallback.to_yaml() needs a file path: dirpath=None is resolved when "
+                    "`fit` sets up. HINT: call it after `fit`, or pass to_yaml('best_k.yaml')."
+                )
+            filepath = f"{self.dirpath.rstrip('/')}/best_k_models.yaml"
+        best_k = {path: float(score) for path, score in self.best_k_models.items()}
+        with fsspec.open(os.fspath(filepath), "w", **(self.storage_options or {})) as f:
+            yaml.dump(best_k, f)
+
+    def _resolve_dirpath(self, trainer: Trainer) -> None:
+        # ModelCheckpoint's default with dirpath=None, without its logger-version subfolder: a
+        # resumed run must find the same directory.
+        if self._dirpath_given is None:
+            self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
+
     def _find_last_checkpoints(self, trainer: Trainer) -> set[str]:
         # Lightning's `fit/validate/test(ckpt_path="last")` asks each ModelCheckpoint for its
         # last checkpoint through this (private) method; see LIGHTNING_VERSIONS_CHECKED. A
         # `fit` that asked for "last" continues this run, so `setup` resumes the directory.
         if trainer.state.fn == "fit":
             self._last_requested = True
+        self._resolve_dirpath(trainer)
         last = self.last_model_path
         return {last} if last else set()
 
@@ -450,11 +595,15 @@ class CkptCallback(ModelCheckpoint):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._pending_rng = None
+        self._resolve_dirpath(trainer)
+        self._stop_checking_loads()
+        self._undo_load_check = _before_checkpoint_loads(trainer, self._verify_before_load)
         if stage != "fit":
             self._last_requested = False
             return
         self.resumed_step = None
         self.preempted = False
+        self._unannounced_step = None
         self._due_at_epoch_end = None
         self._validation_ran = False
         self._release_train_loaders()
@@ -488,11 +637,42 @@ class CkptCallback(ModelCheckpoint):
         self.resumed_step = resume_step
         rank_zero_info(f"CkptCallback: resuming from step {resume_step} in {self.dirpath}")
 
+    def _verify_before_load(self, path: Any) -> None:
+        """A file of a committed step in `dirpath` is checked against its manifest's checksums
+        before Lightning loads it (raises CorruptCheckpointError naming the file)."""
+        if self.dirpath is None or not isinstance(path, str | os.PathLike):
+            return
+        path = os.fspath(path)
+        step = parse_step(os.path.basename(os.path.dirname(path.rstrip("/"))))
+        if step is None:
+            return
+        with self._reading() as manager:
+            if manager is None or step not in manager.all_steps():
+                return
+            ours = str(manager.payload_path(step))
+            if "://" not in ours:
+                ours, path = os.path.realpath(ours), os.path.realpath(path)
+            if ours == path:
+                try:
+                    manager.verify(step)
+                except CorruptCheckpointError as e:
+                    e.add_note(
+                        f"CkptCallback refused to load it as ckpt_path. HINT: `ckpt verify "
+                        f"{self.dirpath}` lists the intact steps; pass one of their files."
+                    )
+                    raise
+
+    def _stop_checking_loads(self) -> None:
+        if self._undo_load_check is not None:
+            self._undo_load_check()
+            self._undo_load_check = None
+
     def _open_writer(self, trainer: Trainer, on_existing: str) -> int | None:
         """Open the manager on global rank 0; returns, on every rank, the step to resume from."""
         failure: BaseException | None = None
         resume_step = None
         if trainer.is_global_zero and self._manager is None:
+            assert self.dirpath is not None  # resolved at `setup`
             try:
                 self._manager = CheckpointManager(
                     self.dirpath,
@@ -641,6 +821,7 @@ class CkptCallback(ModelCheckpoint):
             return
         if not self._skip(trainer) and trainer.global_step > 0:
             self._save(trainer, trigger="train_end", at_epoch_end=True)
+        self._announce_committed(trainer)
         if self._manager is not None:
             self._manager.mark_complete()
 
@@ -667,14 +848,19 @@ class CkptCallback(ModelCheckpoint):
             self.preempted = self.preempted or preempting
             self._close_writer()
             self._release_train_loaders()  # no `teardown` follows an exception
+            self._stop_checking_loads()
         except Exception as e:  # never hide the exception that stopped training
             exception.add_note(f"CkptCallback: the checkpoint on exception failed: {e!r}")
             rank_zero_warn(f"CkptCallback: the checkpoint on exception failed: {e!r}")
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":
-            self._close_writer()
-            self._release_train_loaders()
+            try:
+                self._announce_committed(trainer)  # a preemption's async save, say
+            finally:
+                self._close_writer()
+                self._release_train_loaders()
+        self._stop_checking_loads()
         self._pending_rng = None
 
     def _preemption_due(self, trainer: Trainer) -> bool:
@@ -694,6 +880,18 @@ class CkptCallback(ModelCheckpoint):
             f"CkptCallback: preempted by a signal; step {trainer.global_step} is saved in "
             f"{self.dirpath}; stopping. Run again with resume=True to continue."
         )
+
+    def _announce_committed(self, trainer: Trainer) -> None:
+        """Once the last save is committed: the `verbose` line, and `after_save_checkpoint` for
+        every logger (model uploads read the paths then), as `ModelCheckpoint` does. Rank 0."""
+        step, self._unannounced_step = self._unannounced_step, None
+        if step is None or self._manager is None:
+            return
+        self._manager.wait()  # an async save: its step is committed before anyone is told
+        if self.verbose:
+            rank_zero_info(_describe_save(self._manager, step, self.monitor))
+        for logger in trainer.loggers:
+            logger.after_save_checkpoint(weakref.proxy(self))
 
     def _metrics(self, trainer: Trainer, *, check_monitor: bool) -> dict[str, float]:
         metrics = {**self._carried_metrics, **_numeric_metrics(trainer.callback_metrics)}
@@ -739,6 +937,7 @@ class CkptCallback(ModelCheckpoint):
         finally:
             self._saving_at_epoch_end = False
         if self._manager is not None:
+            self._announce_committed(trainer)  # the async save before this one
             with warnings.catch_warnings():
                 if self.monitor is not None and self.monitor not in metrics:
                     # Expected before the first validation (see `_metrics`); the core would
@@ -755,10 +954,76 @@ class CkptCallback(ModelCheckpoint):
                     },
                     force=True,
                 )
+            self._unannounced_step = step
+            if not self.async_save:
+                self._announce_committed(trainer)
         if barrier:
             trainer.strategy.barrier("CkptCallback.save")
         self._last_saved_step = step
         self._last_save_time = time.monotonic()
+
+
+def _describe_save(manager: CheckpointManager, step: int, monitor: str | None) -> str:
+    """`verbose=True`'s line for a committed step, in `ModelCheckpoint`'s words."""
+    metrics = manager.metrics(step)
+    epoch = (manager.metadata(step) or {}).get("epoch", "?")
+    head = f"CkptCallback: Epoch {epoch}, global step {step}:"
+    where = f"saved to {str(manager.payload_path(step))!r}"
+    if monitor is None:
+        return f"{head} {where}"
+    if monitor not in metrics:
+        return f"{head} {monitor!r} not logged yet (unranked), {where}"
+    best = manager.best_step()
+    so_far = "" if best is None else f" (best {manager.metrics(best)[monitor]:0.5f} at step {best})"
+    return f"{head} {monitor!r} reached {metrics[monitor]:0.5f}{so_far}, {where}"
+
+
+def _default_max_to_keep(monitor: str | None, save_top_k: int | None) -> int | None:
+    """`max_to_keep` when not given: keep what the equivalent `ModelCheckpoint(save_top_k=k,
+    save_last=True)` keeps (the k best and the latest; all with save_top_k=-1)."""
+    if save_top_k == -1:
+        return None
+    if monitor is not None or save_top_k is not None:
+        return 1
+    return _UNRANKED_MAX_TO_KEEP
+
+
+def _check_model_checkpoint_arguments(
+    *,
+    filename: str | None,
+    verbose: bool,
+    save_last: bool | str | None,
+    auto_insert_metric_name: bool,
+    save_on_train_epoch_end: bool | None,
+    enable_version_counter: bool,
+) -> None:
+    """Accept the `ModelCheckpoint` arguments that mean something here; refuse the others with
+    the equivalent, so code written for `ModelCheckpoint` runs or says what to change."""
+    if filename is not None:
+        raise ValueError(
+            f"CkptCallback got filename={filename!r}; checkpoints are named by global step "
+            "(<dirpath>/step_XXXXXXXX/state.pt) and their metrics are in the manifest. HINT: "
+            "drop filename; use cb.best_model_path / cb.last_model_path or `ckpt ls DIR`."
+        )
+    if auto_insert_metric_name is not True:
+        raise ValueError(
+            f"CkptCallback got auto_insert_metric_name={auto_insert_metric_name!r}; it only "
+            "shapes file names, and names here are fixed (step_XXXXXXXX/state.pt; the metrics "
+            "are in the manifest). HINT: drop auto_insert_metric_name."
+        )
+    if save_on_train_epoch_end is not None and save_on_train_epoch_end is not True:
+        raise ValueError(
+            f"CkptCallback got save_on_train_epoch_end={save_on_train_epoch_end!r}; it saves "
+            "at train epoch ends, after that epoch's validation, not at every validation end. "
+            "HINT: drop save_on_train_epoch_end; to save mid-epoch use every_n_train_steps."
+        )
+    if save_last not in (None, True, False, "link"):
+        raise ValueError(
+            f"CkptCallback got save_last={save_last!r}; expected None, True, False or 'link'. "
+            "HINT: drop save_last; the latest checkpoint is always kept (cb.last_model_path)."
+        )
+    for name, flag in (("verbose", verbose), ("enable_version_counter", enable_version_counter)):
+        check_bool(name, flag)
 
 
 def _validate_arguments(
@@ -822,14 +1087,14 @@ def _validate_arguments(
             "metric. HINT: monitor='val_loss'."
         )
     if save_top_k is not None:
-        if monitor is None:
-            raise ValueError(
-                f"CkptCallback got save_top_k={save_top_k!r} without monitor; ranking needs a"
-                " metric. HINT: pass monitor='val_loss' (a key you log), or use max_to_keep to"
-                " keep the N newest checkpoints."
-            )
         if not isinstance(save_top_k, int) or isinstance(save_top_k, bool) or save_top_k < -1:
             raise ValueError(
                 f"CkptCallback got save_top_k={save_top_k!r}; expected -1 (keep all), 0 or a"
                 " positive integer."
+            )
+        if monitor is None and save_top_k > 1:  # -1, 0 and 1 need no ranking, as in Lightning
+            raise ValueError(
+                f"CkptCallback got save_top_k={save_top_k!r} without monitor; ranking needs a"
+                " metric. HINT: pass monitor='val_loss' (a key you log), or use"
+                f" max_to_keep={save_top_k} to keep the {save_top_k} newest checkpoints."
             )
