@@ -126,6 +126,42 @@ def _on_train_loaders_ready(
     return lambda: fit_loop.__dict__.pop("_load_combined_loader_states", None)
 
 
+def _epoch_trained(trainer: Trainer) -> bool:
+    """Every batch of the current epoch was trained (False when `max_steps` or `should_stop`
+    ended `fit` mid-epoch, although Lightning then calls the epoch-end hooks all the same)."""
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    return bool(progress.is_last_batch) or progress.current.ready >= trainer.num_training_batches
+
+
+def _settle_loop_progress(checkpoint: dict[str, Any], epoch_trained: bool | None) -> None:
+    """Make the loop counters of a checkpoint taken where `fit` ended say where training stood.
+
+    At an epoch end Lightning's counters have the epoch processed but not yet completed, and
+    with `max_steps` set its restore treats every checkpoint as mid-epoch: it then fetches one
+    more batch of the finished epoch. When `max_steps` stopped `fit` mid-epoch, the epoch was
+    counted as processed, so a resume skips its remaining batches. So a finished epoch is
+    completed (the next starts afresh, as with `max_epochs` alone) and an unfinished one is
+    reopened (a resume trains its remaining batches). Checked against LIGHTNING_VERSIONS_CHECKED.
+
+    `epoch_trained` is what the saving callback knew (None: read the batch counters).
+    """
+    loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    epochs, batches = loop.get("epoch_progress"), loop.get("epoch_loop.batch_progress")
+    if not epochs or not batches or epochs["total"]["processed"] != epochs["total"]["ready"]:
+        return  # mid-epoch at a batch end (or before a first epoch): Lightning resumes it
+    current = batches["current"]
+    if epoch_trained is None:
+        epoch_trained = bool(batches.get("is_last_batch"))
+    if epoch_trained and current["ready"] == current["completed"]:
+        for part in ("total", "current"):
+            epochs[part]["completed"] = epochs[part]["processed"]
+        batches["current"] = dict.fromkeys(current, 0)
+        batches["is_last_batch"] = False
+    elif not epoch_trained and current["ready"] > 0:
+        for part in ("total", "current"):
+            epochs[part]["processed"] = epochs[part]["completed"] = epochs[part]["ready"] - 1
+
+
 def _capture_rng_states() -> dict[str, Any]:
     """The Python, numpy and torch (and, when in use, CUDA) RNG states, as torch.load-safe data."""
     version, internal, gauss = random.getstate()
@@ -554,6 +590,13 @@ class CkptCallback(ModelCheckpoint):
     def state_dict(self) -> dict[str, Any]:
         return {"rng": _capture_rng_states(), "rng_at_epoch_end": self._saving_at_epoch_end}
 
+    def on_load_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Called with the dict Lightning then restores its loops from (any `ckpt_path` too).
+        own = (checkpoint.get("callbacks") or {}).get(self.state_key) or {}
+        _settle_loop_progress(checkpoint, own.get("rng_at_epoch_end"))
+
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Saved at an epoch end: the next thing that draws random numbers in the uninterrupted
         # run is the next epoch's dataloader iterator, which a resumed run creates before
@@ -619,13 +662,17 @@ class CkptCallback(ModelCheckpoint):
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         trigger, self._due_at_epoch_end = self._due_at_epoch_end, None
+        # `max_steps` can end `fit` mid-epoch, and the epoch-end hooks run then too: that is
+        # no epoch end (the final save in `on_train_end` keeps that state).
+        trained = _epoch_trained(trainer)
         if (
             self._every_n_epochs is not None
             and (trainer.current_epoch + 1) % self._every_n_epochs == 0
+            and trained
         ):
             trigger = "every_n_epochs"
         if self._preemption_due(trainer) and not self._skip(trainer):
-            self._save(trainer, trigger="preemption", at_epoch_end=True, check_monitor=False)
+            self._save(trainer, trigger="preemption", at_epoch_end=trained, check_monitor=False)
             self._stop_after_preemption(trainer)
         elif trigger is not None and not self._skip(trainer):
             self._save(trainer, trigger=trigger, at_epoch_end=True)
@@ -640,7 +687,7 @@ class CkptCallback(ModelCheckpoint):
         if self.preempted:  # stopped early: the run is not complete, a resume continues it
             return
         if not self._skip(trainer) and trainer.global_step > 0:
-            self._save(trainer, trigger="train_end", at_epoch_end=True)
+            self._save(trainer, trigger="train_end", at_epoch_end=_epoch_trained(trainer))
         if self._manager is not None:
             self._manager.mark_complete()
 
