@@ -143,7 +143,8 @@ def _settle_loop_progress(checkpoint: dict[str, Any], epoch_trained: bool | None
     completed (the next starts afresh, as with `max_epochs` alone) and an unfinished one is
     reopened (a resume trains its remaining batches). Checked against LIGHTNING_VERSIONS_CHECKED.
 
-    `epoch_trained` is what the saving callback knew (None: read the batch counters).
+    `epoch_trained` is what the saving callback knew (None, from another writer: read the
+    batch counters, which miss an epoch shortened by `limit_train_batches`).
     """
     loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
     epochs, batches = loop.get("epoch_progress"), loop.get("epoch_loop.batch_progress")
@@ -387,6 +388,7 @@ class CkptCallback(ModelCheckpoint):
         self._last_save_time = time.monotonic()
         self._validation_ran = False
         self._saving_at_epoch_end = False
+        self._saving_epoch_trained = False  # every batch of the epoch saved in was trained
         self._due_at_epoch_end: str | None = None  # a step trigger fired at an epoch's last batch
         self._pending_rng: dict[str, Any] | None = None
         self._pending_rng_at_epoch_end = False
@@ -588,14 +590,18 @@ class CkptCallback(ModelCheckpoint):
         self._pending_rng_at_epoch_end = bool(state_dict.get("rng_at_epoch_end", False))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": _capture_rng_states(), "rng_at_epoch_end": self._saving_at_epoch_end}
+        return {
+            "rng": _capture_rng_states(),
+            "rng_at_epoch_end": self._saving_at_epoch_end,
+            "epoch_trained": self._saving_epoch_trained,
+        }
 
     def on_load_checkpoint(
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         # Called with the dict Lightning then restores its loops from (any `ckpt_path` too).
         own = (checkpoint.get("callbacks") or {}).get(self.state_key) or {}
-        _settle_loop_progress(checkpoint, own.get("rng_at_epoch_end"))
+        _settle_loop_progress(checkpoint, own.get("epoch_trained"))
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Saved at an epoch end: the next thing that draws random numbers in the uninterrupted
@@ -780,6 +786,7 @@ class CkptCallback(ModelCheckpoint):
                 " epoch ends (every_n_epochs)."
             )
         self._saving_at_epoch_end = at_epoch_end
+        self._saving_epoch_trained = _epoch_trained(trainer)
         try:
             # Every rank builds the dict: its hooks may talk to the other ranks.
             checkpoint = _lightning_checkpoint(trainer, weights_only=self.save_weights_only)
