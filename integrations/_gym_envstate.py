@@ -185,3 +185,26 @@ def restore_vector(env: gym.vector.VectorEnv[Any, Any, Any], state: str, obs: An
         restore(sub, sub_state)
     env._autoreset_envs = np.asarray(stored["autoreset"], dtype=np.bool_)  # type: ignore[attr-defined]
     env._observations = copy.deepcopy(obs)  # type: ignore[attr-defined]
+
+
+def capture_episode(env: gym.Env[Any, Any], obs: Any) -> tuple[str, str | None]:
+    """A single env's open episode: its state and the observation the loop acts on next.
+
+    Returns:
+        `(state, None)` as a JSON string, or `("", reason)` when some part cannot be captured.
+    """
+    state, why = capture(env)
+    if why is not None:
+        return "", why
+    try:
+        encoded = _encode(obs)
+    except _NotData as e:
+        return "", f"its observation is a {e}, not an array or number"
+    return json.dumps({"env": state, "obs": encoded}), None
+
+
+def restore_episode(env: gym.Env[Any, Any], state: str) -> Any:
+    """Put back what `capture_episode` returned; returns the observation to act on next."""
+    stored = json.loads(state)
+    restore(env, stored["env"])
+    return _decode(stored["obs"])

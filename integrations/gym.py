@@ -25,7 +25,12 @@ A checkpoint is named after the interval it belongs to: step `10000` holds the s
 first episode boundary at or after timestep 10,000 (its exact timestep is in the metadata,
 `timesteps`), so `keep_period` and `ckpt ls` see round numbers. The end of the run
 (`total_timesteps`, usually mid-episode) is saved as the last step and the run is marked
-complete; resuming a complete run returns its stored result without training.
+complete. That last step also holds the open episode, read by name as for vector envs below
+(the env's state, the observation to act on next, the partial return and length), so that
+resuming a complete run with a larger `total_timesteps` continues it exactly, as if it had
+never stopped; resuming it with the same or a smaller total returns its stored result without
+training (a smaller total with a warning). An env whose state cannot be read continues after a
+reset, with a warning that says so.
 
 Vector envs (`gymnasium.vector.SyncVectorEnv`) reset their sub-envs themselves, so there
 is no moment when all of them are between episodes: a vector run is checkpointed at the first
@@ -68,7 +73,7 @@ from typing import Any, Protocol, runtime_checkable
 import gymnasium as gym
 import numpy as np
 
-from ckpt_core import CheckpointManager, StructureMismatchError
+from ckpt_core import CheckpointManager, StructureMismatchError, UnrankedStepWarning
 from ckpt_core._options import check_bool, check_mapping, describe
 from ckpt_core.manager import on_existing_from_flags
 from ckpt_core.optimizer_state import complete_optimizer_state
@@ -88,6 +93,8 @@ __all__ = [
 
 # Key under which the runner records itself in the run-level and per-step metadata.
 _META_KEY = "gym"
+# Metrics the runner reports itself (see `CkptRunnerHook._metrics`).
+_EPISODE_METRICS = ("episode_return", "episode_length")
 # Progress bar refresh period in timesteps: a redraw per step would cost more than the step.
 _PROGRESS_EVERY = 250
 
@@ -125,7 +132,9 @@ class RunnerConfig:
             `checkpoint_dir` raises `CheckpointExistsError`.
         best_metric: a metric to keep the best checkpoint by: `"episode_return"` (mean return
             of the last `metric_window` episodes), `"episode_length"`, or a key of the mapping
-            the agent's `learn` returns (averaged since the previous checkpoint).
+            the agent's `learn` returns (averaged since the previous checkpoint). A checkpoint
+            without it is saved unranked, with a warning; a name that `learn` never returned
+            while it returned others raises `ValueError` at that checkpoint.
         seed: seeds, on a fresh start, the runner's generator, the env (`reset(seed=...)`), its
             action space, Python's `random`, numpy's global `np.random` and torch's global
             generator if torch is imported.
@@ -262,7 +271,8 @@ class RunResult:
         episode_lengths: the length of every finished episode.
         timesteps: env steps taken over the whole run.
         resumed_from: the checkpoint step this process continued from, or None.
-        was_complete: the run was already complete in `checkpoint_dir`; nothing was trained.
+        was_complete: the run was already complete in `checkpoint_dir` (at `total_timesteps`
+            or more); nothing was trained.
         preempted: a signal in `save_on_signals` stopped the run early, after its checkpoint
             was committed; run it again with `resume=True` to continue.
     """
@@ -381,10 +391,12 @@ class CkptRunnerHook:
             obs = next_obs
             if hook.step(reward, terminated, truncated, metrics):  # episode over (saved if due)
                 obs, info = env.reset()                            # no seed: see module doc
-        result = hook.end()                       # final checkpoint, mark_complete, close
+        result = hook.end(obs)                    # final checkpoint, mark_complete, close
 
-    If the run in `checkpoint_dir` is already complete, `begin` loads the final agent state,
-    returns `(None, {})` and `done` is True at once; `end()` returns the stored result. With
+    If the run in `checkpoint_dir` is already complete at `total_timesteps` or more, `begin`
+    loads the final agent state, returns `(None, {})` and `done` is True at once; `end()`
+    returns the stored result. With a larger `total_timesteps` the run continues from where it
+    ended (exactly when `end` was given `obs`, see there). With
     `RunnerConfig(save_on_signals=...)`, `done` also turns True once the checkpoint a signal
     triggered is committed (`preempted`); `end()` then only closes, leaving the run resumable.
 
@@ -421,9 +433,13 @@ class CkptRunnerHook:
         self._vector_resetting: Any = None
         self._vector_obs: Any = None  # the batched observation a resume continues from
         self._inexact_why: str | None = None  # why the vector env's state cannot be saved
+        self._end_obs: Any = None  # a single env's observation at the end, passed to end()
+        self._open_obs: Any = None  # ... and the one a run continued past its end acts on
+        self._continued = False  # a complete run was resumed to a larger total_timesteps
         self._last_step = 0  # step (interval label) of the newest checkpoint
         self._metric_sums: dict[str, float] = {}
         self._metric_counts: dict[str, int] = {}
+        self._metrics_reported: set[str] = set()  # every key `learn` returned in this process
         self._started = False
         self._preempted = False  # remembered once the manager is closed
         self._result: RunResult | None = None
@@ -518,6 +534,8 @@ class CkptRunnerHook:
             first = env.reset(seed=self.config.seed)
         elif self._vector:
             first = self._resume_vector_env()
+        elif self._open_obs is not None:  # continued past the old end, mid-episode
+            first, self._open_obs = (self._open_obs, {}), None
         else:
             first = env.reset()  # np_random is as the uninterrupted run had it at this boundary
         for handler in self._handlers["on_start"]:
@@ -584,6 +602,8 @@ class CkptRunnerHook:
         return True
 
     def _add_metrics(self, metrics: Mapping[str, Any] | None) -> None:
+        if metrics and not self._metrics_reported.issuperset(metrics):
+            self._metrics_reported.update(metrics)
         for key, value in (metrics or {}).items():
             self._metric_sums[key] = self._metric_sums.get(key, 0.0) + float(value)
             self._metric_counts[key] = self._metric_counts.get(key, 0) + 1
@@ -632,12 +652,17 @@ class CkptRunnerHook:
         self._vector_returns[:], self._vector_lengths[:], self._vector_resetting[:] = 0, 0, False
         return self._env.reset(seed=self.config.seed + self.timesteps)
 
-    def end(self) -> RunResult:
+    def end(self, obs: Any = None) -> RunResult:
         """Finish the run: final checkpoint and `mark_complete()` if it is done, then close.
 
         Ending a run that is not done (the loop stopped early) only closes the manager; the
         run stays resumable from its latest checkpoint. Calling `end()` again returns the
         same result.
+
+        Args:
+            obs: with a single env, the observation the loop would act on next. The final
+                checkpoint then holds the open episode (the env's state, see `_gym_envstate`),
+                so a run resumed with a larger `total_timesteps` continues exactly.
 
         Returns:
             The run's `RunResult`.
@@ -648,6 +673,7 @@ class CkptRunnerHook:
             raise RuntimeError("CkptRunnerHook.end() before begin(). HINT: call begin(env, agent).")
         try:
             if self.manager is not None and self._finished and not self.was_complete:
+                self._end_obs = obs
                 self._save(self.timesteps, final=True)
                 self.manager.mark_complete()
         finally:
@@ -744,11 +770,17 @@ class CkptRunnerHook:
         }
 
     def _state(
-        self, *, torch_rng: bool, episodes: int | None = None, vector: Any = None
+        self,
+        *,
+        torch_rng: bool,
+        episodes: int | None = None,
+        vector: Any = None,
+        episode: Any = None,
     ) -> dict[str, Any]:
         """The checkpointed tree; with `episodes`, the restore template for that many episodes.
 
-        `vector` is a vector env's part (see `_vector_state`), None for a single env.
+        `vector` is a vector env's part (see `_vector_state`), None for a single env;
+        `episode` a single env's open episode at the run's end (see `_episode_state`).
         """
         torch = _torch()
         returns: Any = self.episode_returns if episodes is None else np.zeros(episodes)
@@ -765,6 +797,8 @@ class CkptRunnerHook:
         }
         if vector is not None:
             state["runner"]["vector"] = vector
+        if episode is not None:
+            state["runner"]["episode"] = episode
         return state
 
     def _vector_state(self, env_state: str, exact: bool) -> dict[str, Any]:
@@ -812,16 +846,61 @@ class CkptRunnerHook:
                     stacklevel=4,
                 )
             self._inexact_why = why
-        self.manager.save(
-            step,
-            self._state(torch_rng=torch_rng, vector=vector),
-            metrics=self._metrics(),
-            metadata=metadata,
-            force=True,
-        )
+        episode = None
+        if final and not self._vector:
+            episode = self._episode_state()
+            metadata[_META_KEY]["open_episode"] = True
+        metrics = self._metrics()
+        unranked = self._check_best_metric(step, metrics)
+        with warnings.catch_warnings():
+            if unranked:  # said in the runner's terms above, not the core's
+                warnings.simplefilter("ignore", UnrankedStepWarning)
+            self.manager.save(
+                step,
+                self._state(torch_rng=torch_rng, vector=vector, episode=episode),
+                metrics=metrics,
+                metadata=metadata,
+                force=True,
+            )
         self._last_step = step
         for handler in self._handlers["on_checkpoint"]:
             handler(self, step)
+
+    def _check_best_metric(self, step: int, metrics: Mapping[str, float]) -> bool:
+        """Refuse a `best_metric` that nothing reports; warn if it is merely not there yet.
+
+        Returns:
+            True if checkpoint `step` will be unranked (and the warning was given).
+
+        Raises:
+            ValueError: `learn` returned metrics, never this one, and it is not an episode metric.
+        """
+        name = self.config.best_metric
+        if name is None or name in metrics:
+            return False
+        reported = sorted(self._metrics_reported)
+        if name not in _EPISODE_METRICS and name not in reported and reported:
+            shown = ", ".join(map(repr, reported[:5])) + (", ..." if len(reported) > 5 else "")
+            raise ValueError(
+                f"RunnerConfig(best_metric={name!r}): nothing reports it at checkpoint {step}. "
+                f"The runner reports 'episode_return' and 'episode_length'; the agent's learn() "
+                f"returned {shown}. HINT: return {{{name!r}: value}} from learn(), or pick one "
+                "of those names."
+            )
+        if name in _EPISODE_METRICS:
+            why = "no episode has finished yet"
+        elif reported:
+            why = "the agent's learn() has not returned it since the previous checkpoint"
+        else:
+            why = "the agent's learn() has returned no metrics yet"
+        warnings.warn(
+            f"checkpoint {step} in {self.config.checkpoint_dir} has no {name!r} (best_metric): "
+            f"{why}, so it is saved unranked. HINT: the runner reports 'episode_return' and "
+            f"'episode_length'; an agent reports {name!r} by returning it from learn().",
+            UnrankedStepWarning,
+            stacklevel=4,
+        )
+        return True
 
     def _restore(self) -> None:
         manager, c = self.manager, self.config
@@ -851,8 +930,14 @@ class CkptRunnerHook:
                 )
             self._inexact_why = vector_meta.get("not_exact")
             vector = self._vector_state("", self._inexact_why is None)
+        open_episode = None  # a single env's final checkpoint holds its open episode
+        if not self._vector and meta.get("open_episode"):
+            open_episode = {"return": 0.0, "length": 0, "state": "", "not_exact": ""}
         like = self._state(
-            torch_rng=bool(meta["torch_rng"]), episodes=int(meta["episodes"]), vector=vector
+            torch_rng=bool(meta["torch_rng"]),
+            episodes=int(meta["episodes"]),
+            vector=vector,
+            episode=open_episode,
         )
         try:
             tree = self._restore_filling_optimizer_state(step, like)
@@ -883,14 +968,49 @@ class CkptRunnerHook:
                 _gym_envstate.restore_vector(self._env, part["env_state"], part["obs"])
                 self._vector_obs = part["obs"]
         self.resumed_from = self._last_step = step
-        self.was_complete = manager.is_complete
+        # A complete run asked for more timesteps continues from its final checkpoint.
+        self.was_complete = manager.is_complete and self.timesteps >= c.total_timesteps
+        self._continued = manager.is_complete and not self.was_complete
         if self.was_complete and c.total_timesteps != self.timesteps:
             warnings.warn(
                 f"the run in {c.checkpoint_dir} is complete at {self.timesteps} timesteps; "
                 f"total_timesteps={c.total_timesteps} is ignored and its stored result returned. "
-                "HINT: a new checkpoint_dir (or overwrite=True) trains again.",
+                "HINT: raise total_timesteps above it to train further; a new checkpoint_dir "
+                "(or overwrite=True) trains again.",
                 stacklevel=3,
             )
+        if self._continued and not self._vector:
+            self._continue_episode(runner.get("episode"))
+
+    def _episode_state(self) -> dict[str, Any]:
+        """A single env's open episode at the end of the run (see `end`)."""
+        if self._end_obs is None:
+            state, why = "", "end() was not given the observation to act on next"
+        else:
+            state, why = _gym_envstate.capture_episode(self._env, self._end_obs)
+        return {
+            "return": self._episode_return,
+            "length": self._episode_length,
+            "state": state,
+            "not_exact": why or "",
+        }
+
+    def _continue_episode(self, part: Mapping[str, Any] | None) -> None:
+        """Resume a single env where a finished run left it, mid-episode (or just reset)."""
+        if part is None:  # a final checkpoint written before open episodes were saved
+            part = {"state": "", "not_exact": "its final checkpoint holds no open episode"}
+        if part["state"]:
+            self._open_obs = _gym_envstate.restore_episode(self._env, str(part["state"]))
+            self._episode_return = float(part["return"])
+            self._episode_length = int(part["length"])
+            return
+        warnings.warn(
+            f"continuing the run in {self.config.checkpoint_dir} past its end at timestep "
+            f"{self.timesteps} is not exact: {part['not_exact']}; the env is reset and its open "
+            "episode dropped. HINT: run() handles this; in your own loop pass the observation to "
+            "hook.end(obs), with a built-in classic-control or toy-text env.",
+            stacklevel=4,
+        )
 
     def _restore_filling_optimizer_state(self, step: int, like: Any) -> Any:
         """Restore into `like`; if only lazily created torch optimizer state is missing from it
@@ -1099,7 +1219,7 @@ def run(
             obs = next_obs
             if hook_step(reward, terminated, truncated, metrics):
                 obs, _ = env.reset()
-        return hook.end()
+        return hook.end(obs)
     finally:
         hook.close()
         if bar is not None:

@@ -159,6 +159,43 @@ def _before_checkpoint_loads(trainer: Trainer, check: Callable[[Any], None]) -> 
     return lambda: strategy.__dict__.pop("load_checkpoint", None)
 
 
+def _epoch_trained(trainer: Trainer) -> bool:
+    """Every batch of the current epoch was trained (False when `max_steps` or `should_stop`
+    ended `fit` mid-epoch, although Lightning then calls the epoch-end hooks all the same)."""
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    return bool(progress.is_last_batch) or progress.current.ready >= trainer.num_training_batches
+
+
+def _settle_loop_progress(checkpoint: dict[str, Any], epoch_trained: bool | None) -> None:
+    """Make the loop counters of a checkpoint taken where `fit` ended say where training stood.
+
+    At an epoch end Lightning's counters have the epoch processed but not yet completed, and
+    with `max_steps` set its restore treats every checkpoint as mid-epoch: it then fetches one
+    more batch of the finished epoch. When `max_steps` stopped `fit` mid-epoch, the epoch was
+    counted as processed, so a resume skips its remaining batches. So a finished epoch is
+    completed (the next starts afresh, as with `max_epochs` alone) and an unfinished one is
+    reopened (a resume trains its remaining batches). Checked against LIGHTNING_VERSIONS_CHECKED.
+
+    `epoch_trained` is what the saving callback knew (None, from another writer: read the
+    batch counters, which miss an epoch shortened by `limit_train_batches`).
+    """
+    loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    epochs, batches = loop.get("epoch_progress"), loop.get("epoch_loop.batch_progress")
+    if not epochs or not batches or epochs["total"]["processed"] != epochs["total"]["ready"]:
+        return  # mid-epoch at a batch end (or before a first epoch): Lightning resumes it
+    current = batches["current"]
+    if epoch_trained is None:
+        epoch_trained = bool(batches.get("is_last_batch"))
+    if epoch_trained and current["ready"] == current["completed"]:
+        for part in ("total", "current"):
+            epochs[part]["completed"] = epochs[part]["processed"]
+        batches["current"] = dict.fromkeys(current, 0)
+        batches["is_last_batch"] = False
+    elif not epoch_trained and current["ready"] > 0:
+        for part in ("total", "current"):
+            epochs[part]["processed"] = epochs[part]["completed"] = epochs[part]["ready"] - 1
+
+
 def _capture_rng_states() -> dict[str, Any]:
     """The Python, numpy and torch (and, when in use, CUDA) RNG states, as torch.load-safe data."""
     version, internal, gauss = random.getstate()
@@ -428,6 +465,7 @@ class CkptCallback(ModelCheckpoint):
         self._last_save_time = time.monotonic()
         self._validation_ran = False
         self._saving_at_epoch_end = False
+        self._saving_epoch_trained = False  # every batch of the epoch saved in was trained
         self._due_at_epoch_end: str | None = None  # a step trigger fired at an epoch's last batch
         self._pending_rng: dict[str, Any] | None = None
         self._pending_rng_at_epoch_end = False
@@ -732,7 +770,18 @@ class CkptCallback(ModelCheckpoint):
         self._pending_rng_at_epoch_end = bool(state_dict.get("rng_at_epoch_end", False))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": _capture_rng_states(), "rng_at_epoch_end": self._saving_at_epoch_end}
+        return {
+            "rng": _capture_rng_states(),
+            "rng_at_epoch_end": self._saving_at_epoch_end,
+            "epoch_trained": self._saving_epoch_trained,
+        }
+
+    def on_load_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Called with the dict Lightning then restores its loops from (any `ckpt_path` too).
+        own = (checkpoint.get("callbacks") or {}).get(self.state_key) or {}
+        _settle_loop_progress(checkpoint, own.get("epoch_trained"))
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Saved at an epoch end: the next thing that draws random numbers in the uninterrupted
@@ -799,13 +848,17 @@ class CkptCallback(ModelCheckpoint):
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         trigger, self._due_at_epoch_end = self._due_at_epoch_end, None
+        # `max_steps` can end `fit` mid-epoch, and the epoch-end hooks run then too: that is
+        # no epoch end (the final save in `on_train_end` keeps that state).
+        trained = _epoch_trained(trainer)
         if (
             self._every_n_epochs is not None
             and (trainer.current_epoch + 1) % self._every_n_epochs == 0
+            and trained
         ):
             trigger = "every_n_epochs"
         if self._preemption_due(trainer) and not self._skip(trainer):
-            self._save(trainer, trigger="preemption", at_epoch_end=True, check_monitor=False)
+            self._save(trainer, trigger="preemption", at_epoch_end=trained, check_monitor=False)
             self._stop_after_preemption(trainer)
         elif trigger is not None and not self._skip(trainer):
             self._save(trainer, trigger=trigger, at_epoch_end=True)
@@ -820,7 +873,7 @@ class CkptCallback(ModelCheckpoint):
         if self.preempted:  # stopped early: the run is not complete, a resume continues it
             return
         if not self._skip(trainer) and trainer.global_step > 0:
-            self._save(trainer, trigger="train_end", at_epoch_end=True)
+            self._save(trainer, trigger="train_end", at_epoch_end=_epoch_trained(trainer))
         self._announce_committed(trainer)
         if self._manager is not None:
             self._manager.mark_complete()
@@ -931,6 +984,7 @@ class CkptCallback(ModelCheckpoint):
                 " epoch ends (every_n_epochs)."
             )
         self._saving_at_epoch_end = at_epoch_end
+        self._saving_epoch_trained = _epoch_trained(trainer)
         try:
             # Every rank builds the dict: its hooks may talk to the other ranks.
             checkpoint = _lightning_checkpoint(trainer, weights_only=self.save_weights_only)

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ckpt_core import ResumeNotExactError, check_resume_is_exact
 from ckpt_core.exactness import _compare, _host_leaves
 from integrations.flax import CkptHook
-from integrations.gym import CkptRunnerHook, RunnerCallback, RunnerConfig, run
+from integrations.gym import RunnerConfig, run
 from integrations.lightning import CkptCallback
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -155,43 +155,20 @@ def test_the_flax_example_resumes_exactly(api):
 # ---------------------------------------------------------------------- Gymnasium
 
 
-GYM_TIMESTEPS = 1_700
-
-
-class Stop(Exception):
-    """Stands in for a crash: the run stops with no chance to save."""
-
-
-class StopAt(RunnerCallback):
-    def __init__(self, timestep: int) -> None:
-        self.timestep = timestep
-
-    def on_step(self, hook: CkptRunnerHook) -> None:
-        if hook.timesteps >= self.timestep:
-            raise Stop
-
-
 def gym_loop(directory: Path, total_steps: int) -> Any:
-    """A run of `GYM_TIMESTEPS` that crashes at `total_steps` when that is earlier.
-
-    A completed run keeps its result when run again with a larger `total_timesteps`, so the
-    interruption is a crash, after which the run resumes from its latest checkpoint.
-    """
+    """A run of `total_steps`: the resume raises `total_timesteps` on a finished run."""
     env = gym.make("FrozenLake-v1")
     agent = TabularQAgent(env.observation_space, env.action_space, epsilon_decay=2_000)
     config = RunnerConfig(
-        GYM_TIMESTEPS, checkpoint_dir=directory, checkpoint_interval=300, resume=True, seed=3
+        total_steps, checkpoint_dir=directory, checkpoint_interval=300, resume=True, seed=3
     )
-    crash = [StopAt(total_steps)] if total_steps < GYM_TIMESTEPS else []
-    try:
-        result = run(env, agent, config, callbacks=crash, progress=False)
-    except Stop:
-        return {}
+    result = run(env, agent, config, progress=False)
     return {"agent": agent, "returns": result.episode_returns, "lengths": result.episode_lengths}
 
 
 def test_gym_run_resumes_exactly():
-    report = check_resume_is_exact(gym_loop, steps_before=1_000, steps_after=GYM_TIMESTEPS - 1_000)
+    # 1_001 is no interval step, and the run ends mid-episode there.
+    report = check_resume_is_exact(gym_loop, steps_before=1_001, steps_after=700)
     assert report.exact and report.leaves > 100  # the Q table, steps, every episode
 
 
@@ -213,33 +190,22 @@ class DropoutRegressor(LightningModule):
         return torch.optim.Adam(self.parameters(), lr=1e-2)
 
 
-LIGHTNING_EPOCHS, LIGHTNING_BATCHES = 4, 4
+LIGHTNING_BATCHES = 4  # per epoch: 16 samples, batch_size=4
 
 
-class Crash(Exception):
-    """Stands in for a crash: the run stops with no chance to save."""
-
-
-class CrashAt(Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
-        if trainer.global_step >= self.step:
-            raise Crash
-
-
-def lightning_loop(directory: Path, total_steps: int) -> Any:
-    """A `max_epochs` run that crashes after `total_steps` when that is earlier."""
+def lightning_loop(directory: Path, total_steps: int, *, then_max_epochs: int = 0) -> Any:
+    """A run of `max_steps=total_steps`, or of `max_epochs` when `total_steps` reaches that
+    many epochs' steps (`then_max_epochs`)."""
     seed_everything(0, verbose=False)
     model = DropoutRegressor()
     x = torch.randn(16, 4, generator=torch.Generator().manual_seed(1))
     loader = DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4, shuffle=True)
     callbacks: list[Callback] = [CkptCallback(directory, every_n_epochs=1, resume=True)]
-    if total_steps < LIGHTNING_EPOCHS * LIGHTNING_BATCHES:
-        callbacks.append(CrashAt(total_steps))
+    stop = {"max_steps": total_steps}
+    if then_max_epochs and total_steps >= then_max_epochs * LIGHTNING_BATCHES:
+        stop = {"max_epochs": then_max_epochs}
     trainer = Trainer(
-        max_epochs=LIGHTNING_EPOCHS,
+        **stop,
         accelerator="cpu",
         devices=1,
         logger=False,
@@ -247,16 +213,20 @@ def lightning_loop(directory: Path, total_steps: int) -> Any:
         enable_model_summary=False,
         callbacks=callbacks,
     )
-    try:
-        trainer.fit(model, train_dataloaders=loader)
-    except Crash:
-        return {}
+    trainer.fit(model, train_dataloaders=loader)
     return {"model": model, "optimizer": trainer.optimizers[0]}
 
 
-def test_lightning_resumes_exactly_from_an_epoch_end_checkpoint():
-    # The crash is in epoch 3, so the run resumes from the end of epoch 2.
+@pytest.mark.parametrize(
+    "before, after, then_max_epochs",
+    [(8, 8, 0), (6, 6, 0), (6, 6, 3)],
+    ids=["max_steps-at-epoch-end", "max_steps-mid-epoch", "max_steps-then-max_epochs"],
+)
+def test_lightning_continues_a_finished_fit_exactly(before, after, then_max_epochs):
+    """A fit that `max_steps` ended, run again with a larger `max_steps` (or `max_epochs`),
+    continues where it ended: at an epoch end, or mid-epoch (4 batches per epoch)."""
+    train = functools.partial(lightning_loop, then_max_epochs=then_max_epochs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Lightning's advice on workers
-        report = check_resume_is_exact(lightning_loop, steps_before=10, steps_after=6)
+        report = check_resume_is_exact(train, steps_before=before, steps_after=after)
     assert report.exact and report.leaves > 16  # weights, Adam's state, its param groups

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,13 @@ if str(EXAMPLES) not in sys.path:
 
 from agents import DQNAgent, TabularQAgent  # noqa: E402
 
-from ckpt_core import CheckpointExistsError, CheckpointManager, StructureMismatchError  # noqa: E402
+from ckpt_core import (  # noqa: E402
+    CheckpointExistsError,
+    CheckpointManager,
+    StructureMismatchError,
+    UnrankedStepWarning,
+    check_resume_is_exact,
+)
 from integrations.gym import (  # noqa: E402
     CkptRunnerHook,
     RunnerCallback,
@@ -505,12 +512,107 @@ def test_resuming_a_complete_run_returns_its_result_without_training(tmp_path):
     assert snapshot(tmp_path) == files
 
     with pytest.warns(UserWarning, match="complete at 6000 timesteps"):
-        longer = run(
+        shorter = run(
             env,
             NoLearning(env.observation_space, env.action_space),
-            RunnerConfig(9_000, checkpoint_dir=tmp_path, resume=True),
+            RunnerConfig(3_000, checkpoint_dir=tmp_path, resume=True),
         )
-    assert longer.was_complete and longer.timesteps == 6_000
+    assert shorter.was_complete and shorter.timesteps == 6_000
+
+
+# A vector run of 2 sub-envs takes 2 timesteps a step: its N is even.
+@pytest.mark.parametrize("env_name, before", [("frozenlake", 1_001), ("vector", 1_002)])
+def test_raising_total_timesteps_continues_a_finished_run_exactly(env_name, before):
+    """A run of N timesteps run again to N+M ends as a straight N+M run, although N is no
+    interval step and ends mid-episode (`vector`: a SyncVectorEnv of 2 FrozenLakes)."""
+    results: list[RunResult] = []
+
+    def train(directory: Path, total: int) -> dict[str, Any]:
+        env, agent = make(env_name)
+        config = RunnerConfig(
+            total, checkpoint_dir=directory, checkpoint_interval=300, resume=True, seed=5
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # exact: nothing to warn about
+            result = run(env, agent, config, progress=False)
+        results.append(result)
+        return {
+            "agent": agent.state_dict(),
+            "returns": result.episode_returns,
+            "lengths": result.episode_lengths,
+            "timesteps": result.timesteps,
+        }
+
+    report = check_resume_is_exact(train, steps_before=before, steps_after=700)
+    assert report.exact
+    _straight, short, continued = results
+    assert sum(short.episode_lengths) < before  # an episode was open at the end
+    assert continued.resumed_from == before and not continued.was_complete
+    assert continued.episodes > short.episodes
+
+
+def test_continuing_an_own_loop_that_ended_without_its_observation_warns(tmp_path):
+    def own_loop(total: int) -> RunResult:
+        env, agent = make("frozenlake")
+        hook = CkptRunnerHook(RunnerConfig(total, checkpoint_dir=tmp_path, resume=True))
+        obs, _ = hook.begin(env, agent)
+        while not hook.done:
+            action = agent.act(obs, hook.rng)
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            metrics = agent.learn(obs, action, reward, next_obs, terminated, truncated)
+            obs = next_obs
+            if hook.step(reward, terminated, truncated, metrics):
+                obs, _ = env.reset()
+        return hook.end()  # hook.end(obs) would make a continuation exact
+
+    own_loop(1_001)
+    with pytest.warns(UserWarning, match=r"timestep 1001 is not exact: end\(\) was not given"):
+        result = own_loop(1_500)
+    assert result.resumed_from == 1_001 and result.timesteps == 1_500 and not result.was_complete
+
+
+def test_a_best_metric_nothing_reports_fails_at_the_first_checkpoint(tmp_path):
+    env, agent = make("frozenlake")  # its learn() returns {"td_error": ...}
+    config = RunnerConfig(
+        3_000, checkpoint_dir=tmp_path, checkpoint_interval=1_000, best_metric="loss"
+    )
+    with pytest.raises(ValueError) as refused:
+        run(env, agent, config, progress=False)
+    message = str(refused.value)
+    assert "best_metric='loss'" in message and "checkpoint 1000" in message
+    assert "'episode_return'" in message and "'td_error'" in message
+    assert "HINT: return {'loss': value} from learn()" in message and "save(" not in message
+    with CheckpointManager(tmp_path, read_only=True) as mgr:
+        assert mgr.all_steps() == []
+
+
+def test_a_best_metric_not_reported_yet_is_a_warning_in_the_runners_terms(tmp_path):
+    class LateLoss(TabularQAgent):
+        """Reports its loss only once it has learned for a while, as a DQN does."""
+
+        calls = 0
+
+        def learn(self, *args: Any) -> Any:
+            super().learn(*args)
+            self.calls += 1
+            return {"loss": 1.0 / self.calls} if self.calls > 1_500 else None
+
+    env = gym.make("FrozenLake-v1")
+    agent = LateLoss(env.observation_space, env.action_space)
+    config = RunnerConfig(
+        3_000,
+        checkpoint_dir=tmp_path,
+        checkpoint_interval=1_000,
+        best_metric="loss",
+        best_mode="min",
+    )
+    with pytest.warns(UnrankedStepWarning) as record:
+        run(env, agent, config, progress=False)
+    messages = [str(w.message) for w in record if issubclass(w.category, UnrankedStepWarning)]
+    assert len(messages) == 1 and "save(" not in messages[0], messages
+    assert "checkpoint 1000" in messages[0] and "returning it from learn()" in messages[0]
+    with CheckpointManager(tmp_path, read_only=True, best_fn="loss", best_mode="min") as mgr:
+        assert mgr.best_step() == 3_000
 
 
 def test_a_run_that_ends_before_its_first_episode_stores_an_empty_result(tmp_path):
