@@ -172,7 +172,9 @@ class RetentionPolicy:
         if self.max_bytes is None or not records:
             return None
         files = files_from_sizes(records) if files is None else files
-        protected = sorted({max(r.step for r in records), *self.ranked(records, 1)})
+        steps = sorted({r.step for r in records})
+        kept = set().union(*self._kept(steps, records).values())
+        protected = sorted({steps[-1], *self.ranked(records, 1)} & kept)
         total = committed_bytes(files.get(s, {}) for s in protected)
         if total <= self.max_bytes:
             return None
