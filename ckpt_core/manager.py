@@ -42,6 +42,7 @@ from .errors import (
 )
 from .formats.base import Format, SnapshotBuffers, StepReader, get_format, resolve_format
 from .info import CheckpointInfo
+from .inspect import step_files
 from .lock import Lock
 from .manifest import Manifest, check_metadata, to_float_metrics
 from .retention import BestFn, RetentionPolicy, StepFiles, committed_bytes
@@ -268,11 +269,7 @@ class CheckpointManager:
 
     def _files_of(self, manifest: Manifest) -> StepFiles:
         """The step's payload files by identity, so bytes shared with other steps count once."""
-        base = "/".join(p for p in (layout.step_dirname(manifest.step), manifest.payload_dir) if p)
-        return {
-            self._storage.file_identity(f"{base}/{name}"): rec.size
-            for name, rec in manifest.files.items()
-        }
+        return step_files(self._storage, manifest)
 
     def _read_manifest(self, name: str, *, quiet: bool = False) -> Manifest | None:
         rel = f"{name}/{layout.MANIFEST}"
