@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -148,20 +149,23 @@ class RetentionPolicy:
         steps = sorted({r.step for r in records})
         kept = self._kept(steps, records)
         remaining = set().union(*kept.values())
-        if committed_bytes(files.get(s, {}) for s in remaining) <= self.max_bytes:
-            return []
         protected = {steps[-1], *self.ranked(records, 1)}
         ranked = [s for s in self.ranked(records, self.keep_best) if s in kept["best"]]
         order = [s for s in steps if s in kept["recent"] - kept["period"] - kept["best"]]
         order += [s for s in steps if s in kept["period"] - kept["best"]]
         order += ranked[::-1]
+        # How many remaining steps hold each file: deleting a step frees only what no other holds.
+        holders = Counter(ident for s in remaining for ident in files.get(s, {}))
+        total = committed_bytes(files.get(s, {}) for s in remaining)
         deleted: list[int] = []
-        for step in order:
+        for step in order if total > self.max_bytes else ():
             if step in protected:
                 continue
             deleted.append(step)
-            remaining.discard(step)
-            if committed_bytes(files.get(s, {}) for s in remaining) <= self.max_bytes:
+            for ident, size in files.get(step, {}).items():
+                holders[ident] -= 1
+                total -= size if holders[ident] == 0 else 0
+            if total <= self.max_bytes:
                 break
         return deleted
 
