@@ -509,8 +509,8 @@ class LocalStorage(Storage):
                 return FileRecord(size, xxhash.xxh3_64(view).hexdigest())
 
     def file_identity(self, rel: str) -> Hashable:
-        try:
-            st = os.stat(self._inside(rel))
+        try:  # no resolve(): this runs for every file of every step when a run is opened
+            st = os.lstat(self.join(rel))
         except OSError:  # gone or unreadable: counted by its path, as on object stores
             return rel
         return (st.st_dev, st.st_ino)
