@@ -8,6 +8,7 @@ share these, so `every_n_steps="10"` and `max_to_keep="3"` read alike.
 from __future__ import annotations
 
 import numbers
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -71,3 +72,49 @@ def check_mapping(name: str, value: Any) -> None:
             f"{name} must be a dict or None; found {describe(value)}. "
             f"HINT: e.g. {name}={{'endpoint_url': 'http://localhost:9000'}}."
         )
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "pb": 10**15,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+    "pib": 2**50,
+}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*", re.IGNORECASE)
+
+
+def parse_size(name: str, value: Any) -> int | None:
+    """None, a positive int of bytes, or a string such as "20GB", "500MiB", "1.5 GiB".
+
+    Decimal units (kB, MB, GB, TB, PB) count powers of 1000, binary ones (KiB ... PiB) of 1024.
+    """
+    hint = f"HINT: e.g. {name}='20GB', {name}='500MiB' or {name}=2_000_000_000."
+    if value is None:
+        return None
+    if isinstance(value, str):
+        match = _SIZE.fullmatch(value)
+        unit = _SIZE_UNITS.get(match.group(2).lower()) if match else None
+        if match is None or unit is None:
+            raise ValueError(
+                f"{name} must be a number of bytes or a size with a unit (B, kB, MB, GB, TB, "
+                f"KiB, MiB, GiB, TiB); found {describe(value)}. {hint}"
+            )
+        nbytes = int(float(match.group(1)) * unit)
+    elif isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"{name} must be an int of bytes, a size string or None; "
+            f"found {describe(value)}. {hint}"
+        )
+    else:
+        nbytes = value
+    if nbytes <= 0:
+        raise ValueError(f"{name} must be a positive size; found {describe(value)}. {hint}")
+    return nbytes

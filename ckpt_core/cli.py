@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__, layout
+from ._options import parse_size
 from .errors import CheckpointError, CorruptCheckpointError
 from .formats.base import StepReader
 from .info import CheckpointInfo
@@ -43,7 +44,7 @@ from .inspect import (
     scan_run,
 )
 from .manifest import CHECKSUM, Manifest
-from .retention import RetentionPolicy
+from .retention import OVER_BUDGET, RetentionPolicy, committed_bytes
 from .storage import Storage
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ DEFAULT_RETENTION: dict[str, Any] = {
     "best_fn": None,
     "best_mode": "min",
     "keep_best": 1,
+    "max_bytes": None,
 }
 
 
@@ -313,6 +315,8 @@ class Retention:
             parts.append(f"keep_best={p.keep_best} by {p.best_fn!s} ({p.best_mode})")
         elif p.keep_best and has_best_pointer:
             parts.append("the run's best pointer")
+        if p.max_bytes is not None:
+            parts.append(f"within max_bytes={human_bytes(p.max_bytes)}")
         return " + ".join(parts) + f" ({self.source})"
 
     def as_json(self) -> dict[str, Any]:
@@ -323,6 +327,7 @@ class Retention:
             "best_fn": p.best_fn if isinstance(p.best_fn, str) else None,
             "best_mode": p.best_mode,
             "keep_best": p.keep_best,
+            "max_bytes": p.max_bytes,
             "source": self.source,
         }
 
@@ -334,6 +339,10 @@ class Retention:
             assert pointer is not None
             why[pointer] = (*why[pointer], "best")
         return why
+
+    def over_budget(self, listing: RunListing) -> list[int]:
+        """The steps the byte budget deletes (their rules keep them), in deletion order."""
+        return self.policy.over_budget(listing.steps, listing.files)
 
     def best(self, listing: RunListing) -> int | None:
         if self.policy.best_fn is not None:
@@ -362,12 +371,13 @@ def _retention(
         "best_fn": getattr(args, "metric", None),
         "best_mode": getattr(args, "mode", None),
         "keep_best": getattr(args, "keep_best", None),
+        "max_bytes": getattr(args, "max_bytes", None),
     }
     given = {k: v for k, v in given.items() if v is not None}
     if given:
         options.update(given)
         options["max_to_keep"] = None if options["max_to_keep"] == "all" else options["max_to_keep"]
-        for off in ("keep_period", "best_fn"):
+        for off in ("keep_period", "best_fn", "max_bytes"):
             options[off] = None if options[off] == OFF else options[off]
         recorded_too = isinstance(recorded, dict)
         source = f"command line + {source}" if recorded_too else "from the command line"
@@ -415,6 +425,7 @@ def _has_entries(url: str) -> bool:
 
 def _ls_doc(listing: RunListing, retention: Retention) -> dict[str, Any]:
     why = retention.reasons(listing)
+    over_budget = set(retention.over_budget(listing))
     latest = listing.steps[-1].step if listing.steps else None
     best = retention.best(listing)
     steps = [
@@ -428,6 +439,7 @@ def _ls_doc(listing: RunListing, retention: Retention) -> dict[str, Any]:
             "latest": i.step == latest,
             "best": i.step == best,
             "kept_because": list(why.get(i.step, ())),
+            "over_budget": i.step in over_budget,
         }
         for i in listing.steps
     ]
@@ -441,7 +453,7 @@ def _ls_doc(listing: RunListing, retention: Retention) -> dict[str, Any]:
         "latest": latest,
         "best": best,
         "retention": retention.as_json(),
-        "total_bytes": sum(i.bytes for i in listing.steps),
+        "total_bytes": committed_bytes(listing.files.values()),
         "steps": steps,
         "other": [
             {
@@ -466,7 +478,10 @@ def _render_run(
         state = "complete" + (f" (final step {doc['final_step']})" if doc["final_step"] else "")
     else:
         state = "not marked complete" if steps else "no committed steps"
-    head = [state, f"{_plural(len(steps), 'step')}, {human_bytes(doc['total_bytes'])}"]
+    size = human_bytes(doc["total_bytes"])
+    if (budget := doc["retention"]["max_bytes"]) is not None:
+        size += f" of {human_bytes(budget)} budget"
+    head = [state, f"{_plural(len(steps), 'step')}, {size}"]
     if doc["latest"] is not None:
         head.append(f"latest {doc['latest']}")
     if doc["best"] is not None:
@@ -505,10 +520,11 @@ def _render_run(
                 [human_bytes(entry["bytes"])],
                 _metric_items(entry["metrics"], monitored),
                 marks,
-                entry["kept_because"] or ["-"],
+                [OVER_BUDGET] if entry["over_budget"] else entry["kept_because"] or ["-"],
             ]
         )
-        styles.append("bold green" if marks else None if entry["kept_because"] else "dim")
+        kept = entry["kept_because"] and not entry["over_budget"]
+        styles.append("bold green" if marks else None if kept else "dim")
     columns = [
         ("step", "right"),
         ("saved", "left"),
@@ -578,7 +594,12 @@ def _run_doc_warning(error: str) -> str:
 
 def _policy_of(doc: dict[str, Any]) -> RetentionPolicy:
     return RetentionPolicy(
-        doc["max_to_keep"], doc["keep_period"], doc["best_fn"], doc["best_mode"], doc["keep_best"]
+        doc["max_to_keep"],
+        doc["keep_period"],
+        doc["best_fn"],
+        doc["best_mode"],
+        doc["keep_best"],
+        doc.get("max_bytes"),
     )
 
 
@@ -1018,11 +1039,13 @@ def _render_verify(out: Output, docs: list[dict[str, Any]]) -> None:
 
 
 def cmd_prune(args: argparse.Namespace, out: Output) -> int:
-    if all(getattr(args, k) is None for k in ("max_to_keep", "keep_period", "metric", "keep_best")):
+    rules = ("max_to_keep", "keep_period", "metric", "keep_best", "max_bytes")
+    if all(getattr(args, k) is None for k in rules):
         raise BadInput(
-            "say which retention to apply: --max-to-keep N|all, --keep-period P|none and/or "
-            "--metric NAME|none [--mode min|max --keep-best K] (unset options take the run's "
-            "recorded retention, else the CheckpointManager defaults)"
+            "say which retention to apply: --max-to-keep N|all, --keep-period P|none, "
+            "--max-bytes SIZE|none and/or --metric NAME|none [--mode min|max --keep-best K] "
+            "(unset options take the run's recorded retention, else the CheckpointManager "
+            "defaults)"
         )
     storage = _single_run(args.directory, "prune")
     before = scan_run(storage)
@@ -1101,8 +1124,12 @@ def _prune(
     listing = before if mgr is None else scan_run(storage)  # the manager may have swept
     retention = _retention(args, before.run_doc, before.run_doc_error)
     why = retention.reasons(listing)
-    doomed = [s for s, r in why.items() if not r]
-    freed = sum(i.bytes for i in listing.steps if i.step in set(doomed))
+    over_budget = retention.over_budget(listing)
+    doomed = sorted([s for s, r in why.items() if not r] + over_budget)
+    kept_steps = set(why) - set(doomed)
+    freed = committed_bytes(listing.files.values()) - committed_bytes(
+        f for s, f in listing.files.items() if s in kept_steps
+    )
     # Temporaries of killed writers: the manager swept them when it opened (a dry run: would).
     remaining = set(storage.list_names())
     temporaries = [
@@ -1116,7 +1143,7 @@ def _prune(
             storage.delete_step(layout.step_dirname(step))
         _repair_best_pointer(storage, listing, retention, set(doomed))
         mgr.reload()
-    kept = [(s, r) for s, r in why.items() if r]
+    kept = [(s, r) for s, r in why.items() if s in kept_steps]
     if args.json:
         _print_json(
             {
@@ -1124,6 +1151,7 @@ def _prune(
                 "dry_run": bool(args.dry_run),
                 "retention": retention.as_json(),
                 "deleted": doomed,
+                "over_budget": sorted(over_budget),
                 "deleted_temporaries": [{"name": o.name, "bytes": o.bytes} for o in temporaries],
                 "bytes_freed": freed,
                 "kept": [{"step": s, "kept_because": list(r)} for s, r in kept],
@@ -1142,6 +1170,8 @@ def _prune(
     colour = "red" if not args.dry_run else "yellow"
     if doomed:
         out.line(f"  {verb}: {_ranges(doomed)}", style=colour)
+    if over_budget:
+        out.line(f"  {OVER_BUDGET}: {_ranges(sorted(over_budget))}", style=colour)
     for o in temporaries:
         size = "size unknown" if o.bytes is None else human_bytes(o.bytes)
         out.line(f"  {verb}: {o.name} ({size}, left by a killed writer)", style=colour)
@@ -1296,6 +1326,20 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _size_or_none(text: str) -> int | str:
+    """A byte budget such as 20GB or 500MiB, or 'none' to turn off one the run recorded."""
+    if text.lower() == OFF:
+        return OFF
+    try:
+        size = parse_size("--max-bytes", text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a size such as 20GB, 500MiB or 1000000 (bytes), or {OFF!r}, got {text!r}"
+        ) from None
+    assert size is not None
+    return size
+
+
 def _directory(text: str) -> str:
     # `ckpt prune "$RUN" ...` with RUN unset must not act on the current directory.
     if not text.strip():
@@ -1327,6 +1371,13 @@ def _add_retention(p: argparse.ArgumentParser, *, explain: str) -> None:
     )
     g.add_argument(
         "--keep-best", type=_non_negative, metavar="K", help="keep the K best (default 1)"
+    )
+    g.add_argument(
+        "--max-bytes",
+        type=_size_or_none,
+        metavar="SIZE|none",
+        help="then delete steps until the run fits SIZE, e.g. 20GB or 500MiB (recent first, "
+        "then period, then worst ranked; never the latest or best); 'none': turn it off",
     )
 
 

@@ -69,3 +69,7 @@ class ResumeNotExactError(CheckpointError, AssertionError):
 
 class UnrankedStepWarning(RuntimeWarning):
     """A step was saved without the metric `best_fn` needs; it is kept by the other rules only."""
+
+
+class OverBudgetWarning(RuntimeWarning):
+    """The latest and the best step alone exceed `max_bytes`, which never deletes them."""

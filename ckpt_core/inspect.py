@@ -28,6 +28,7 @@ from .errors import CheckpointError, CorruptCheckpointError
 from .formats.base import StepReader
 from .info import CheckpointInfo
 from .manifest import Manifest
+from .retention import StepFiles
 from .storage import Storage, open_storage
 
 MAX_RUN_DEPTH = 8  # how deep `find_runs` looks for nested runs below the directory it is given
@@ -73,10 +74,19 @@ class RunListing:
     best_pointer: int | None
     run_doc: dict[str, Any] = field(default_factory=dict)
     run_doc_error: str | None = None  # why run.json could not be read (None: fine or absent)
+    files: dict[int, StepFiles] = field(default_factory=dict)  # per step: identity -> size
 
     @property
     def complete(self) -> bool:
         return bool(self.run_doc.get("complete", False))
+
+
+def step_files(storage: Storage, manifest: Manifest) -> StepFiles:
+    """A committed step's payload files by identity (hard links share one), for the budget."""
+    base = "/".join(p for p in (layout.step_dirname(manifest.step), manifest.payload_dir) if p)
+    return {
+        storage.file_identity(f"{base}/{name}"): rec.size for name, rec in manifest.files.items()
+    }
 
 
 def open_directory(directory: str | os.PathLike[str]) -> Storage:
@@ -208,6 +218,7 @@ def scan_run(storage: Storage) -> RunListing:
     """
     steps: list[CheckpointInfo] = []
     others: list[OtherEntry] = []
+    files: dict[int, StepFiles] = {}
     manifests = _ManifestReader(storage)
     for name in storage.list_names():
         step = layout.parse_step(name)
@@ -220,6 +231,7 @@ def scan_run(storage: Storage) -> RunListing:
                 detail = detail.replace(manifests.join(name) + "/", "")
                 others.append(OtherEntry(name, "invalid", step, detail, _mtime(storage, name)))
                 continue
+            files[step] = step_files(storage, manifest)
             steps.append(
                 CheckpointInfo(
                     step=step,
@@ -277,6 +289,7 @@ def scan_run(storage: Storage) -> RunListing:
         best_pointer=_read_pointer(storage, layout.BEST_POINTER),
         run_doc=run_doc,
         run_doc_error=run_doc_error,
+        files=files,
     )
 
 

@@ -28,6 +28,7 @@ from ._options import (
     check_mapping,
     check_seconds,
     describe,
+    parse_size,
 )
 from .commit import write_step
 from .errors import (
@@ -36,13 +37,15 @@ from .errors import (
     CheckpointLockedError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
+    OverBudgetWarning,
     UnrankedStepWarning,
 )
 from .formats.base import Format, SnapshotBuffers, StepReader, get_format, resolve_format
 from .info import CheckpointInfo
+from .inspect import step_files
 from .lock import Lock
 from .manifest import Manifest, check_metadata, to_float_metrics
-from .retention import BestFn, RetentionPolicy
+from .retention import BestFn, RetentionPolicy, StepFiles, committed_bytes
 from .signals import check_save_on_signals
 from .storage import Storage, disk_full_error, new_token, open_storage
 
@@ -107,6 +110,12 @@ class CheckpointManager:
         allow_pickle: allow restoring `pickle` steps (unpickling can run code); a manager
             that writes with `format="pickle"` needs it, so it can read back what it saves.
         storage_options: passed to fsspec for URL directories; never written to disk.
+        max_bytes: a disk budget for all committed steps, an int of bytes or a string such
+            as "20GB" or "500MiB" (None: no budget). After each commit, steps are deleted
+            until the run fits: those kept only as recent (oldest first), then by
+            `keep_period` (oldest first), then by best rank (worst first). The latest and the
+            best step are never deleted for it; an `OverBudgetWarning` says when they alone
+            exceed it.
 
     Raises:
         CheckpointExistsError: steps exist and `on_existing="error"`.
@@ -136,8 +145,16 @@ class CheckpointManager:
         async_save: bool = False,
         allow_pickle: bool = False,
         storage_options: dict[str, Any] | None = None,
+        max_bytes: int | str | None = None,
     ) -> None:
-        self._policy = RetentionPolicy(max_to_keep, keep_period, best_fn, best_mode, keep_best)
+        self._policy = RetentionPolicy(
+            max_to_keep,
+            keep_period,
+            best_fn,
+            best_mode,
+            keep_best,
+            parse_size("max_bytes", max_bytes),
+        )
         check_int(
             "save_interval_steps",
             save_interval_steps,
@@ -194,6 +211,8 @@ class CheckpointManager:
         self._previous_handlers: dict[int, Any] = {}
         self._pointers: dict[str, str | None] = {}
         self._snapshot_buffers = SnapshotBuffers()
+        self._files: dict[int, StepFiles] = {}  # each step's payload files: identity -> size
+        self._over_budget_warned = False  # warn once each time the run goes over max_bytes
         self.resuming = False
 
         if not read_only:
@@ -237,6 +256,7 @@ class CheckpointManager:
 
     def _scan(self) -> dict[int, CheckpointInfo]:
         infos: dict[int, CheckpointInfo] = {}
+        self._files = {}
         for name in self._storage.list_names():
             step = layout.parse_step(name)
             if step is None:
@@ -244,7 +264,12 @@ class CheckpointManager:
             manifest = self._read_manifest(name, quiet=True)
             if manifest is not None and manifest.step == step:
                 infos[step] = self._info_of(manifest)
+                self._files[step] = self._files_of(manifest)
         return infos
+
+    def _files_of(self, manifest: Manifest) -> StepFiles:
+        """The step's payload files by identity, so bytes shared with other steps count once."""
+        return step_files(self._storage, manifest)
 
     def _read_manifest(self, name: str, *, quiet: bool = False) -> Manifest | None:
         rel = f"{name}/{layout.MANIFEST}"
@@ -355,6 +380,7 @@ class CheckpointManager:
                 )
                 self._storage.rename(name, aside)
                 self._infos.pop(step, None)
+                self._files.pop(step, None)
         self._refresh_pointers()
 
     def _remove_owned(self) -> None:
@@ -364,6 +390,7 @@ class CheckpointManager:
             elif layout.is_owned(name):
                 self._storage.remove(name)
         self._infos = {}
+        self._files = {}
         self._pointers = {}
 
     # ------------------------------------------------------------------ saving
@@ -450,7 +477,8 @@ class CheckpointManager:
             if latest is None or step >= latest or step in self._infos:
                 return
             record = CheckpointInfo(step, 0.0, metrics, None, "", 0, "")
-            if step not in self._policy.to_delete([*self._infos.values(), record]):
+            files = {**self._files, step: {}}
+            if step not in self._policy.to_delete([*self._infos.values(), record], files):
                 return
         raise ValueError(
             f"step {step} is older than the latest step {latest} in {self._storage.root} and "
@@ -475,18 +503,29 @@ class CheckpointManager:
         try:
             with self._mutex:
                 self._infos[step] = self._info_of(manifest)
-                for doomed in self._policy.to_delete(list(self._infos.values())):
+                self._files[step] = self._files_of(manifest)
+                for doomed in self._policy.to_delete(list(self._infos.values()), self._files):
                     # Forgotten first: a failed delete leaves a complete step on disk, which
                     # the next open finds again; never a listed step that is gone.
                     del self._infos[doomed]
+                    self._files.pop(doomed, None)
                     self._storage.delete_step(layout.step_dirname(doomed))
                 self._refresh_pointers()
+                self._warn_if_over_budget()
         except OSError as e:  # step `step` is committed; the housekeeping after it failed
             outcome = f"step {step} was committed, but pruning or updating the pointers failed"
             full = disk_full_error(e, self._storage.root, outcome)
             if full is None:
                 raise
             raise full from e
+
+    def _warn_if_over_budget(self) -> None:
+        """Warn once when the latest and best step alone exceed `max_bytes`, again only after
+        the run fitted in between: not at every save of a run that stays over it."""
+        problem = self._policy.budget_exceeded(list(self._infos.values()), self._files)
+        if problem is not None and not self._over_budget_warned:
+            warnings.warn(f"{self._storage.root}: {problem}", OverBudgetWarning, stacklevel=4)
+        self._over_budget_warned = problem is not None
 
     def _refresh_pointers(self) -> None:
         """Keep the `latest` and `best` pointer files current (for people and tools)."""
@@ -721,9 +760,9 @@ class CheckpointManager:
         return self._signals_saved > 0
 
     def size_bytes(self) -> int:
-        """The payload bytes of all committed steps."""
+        """The payload bytes of all committed steps, a file shared between steps counted once."""
         with self._mutex:
-            return sum(i.bytes for i in self._infos.values())
+            return committed_bytes(self._files.values())
 
     def backup(self, path: str | os.PathLike[str]) -> Path:
         """Write a zip of every committed step (and `run.json`) to `path`; returns its path.

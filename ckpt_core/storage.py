@@ -26,7 +26,7 @@ import shutil
 import sys
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Hashable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -352,6 +352,11 @@ class Storage(ABC):
         with self.open_read(rel) as f:
             return hash_stream(f)
 
+    def file_identity(self, rel: str) -> Hashable:
+        """What identifies the file's bytes on the storage, so files shared between steps
+        (hard links) are counted once; here, where the storage cannot tell, its path."""
+        return rel
+
     @abstractmethod
     def local_path(self, rel: str) -> Path | None:
         """A local filesystem path for `rel`, or None on object stores."""
@@ -502,6 +507,13 @@ class LocalStorage(Storage):
             flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
             with mmap.mmap(f.fileno(), size, flags=flags, prot=mmap.PROT_READ) as view:
                 return FileRecord(size, xxhash.xxh3_64(view).hexdigest())
+
+    def file_identity(self, rel: str) -> Hashable:
+        try:  # no resolve(): this runs for every file of every step when a run is opened
+            st = os.lstat(self.join(rel))
+        except OSError:  # gone or unreadable: counted by its path, as on object stores
+            return rel
+        return (st.st_dev, st.st_ino)
 
     def local_path(self, rel: str) -> Path:
         return self._inside(rel)

@@ -74,6 +74,8 @@ class CkptHook:
         best_fn: a metric name (e.g. `"eval_loss"`) or a callable of the metrics mapping.
         best_mode: `"min"` or `"max"`.
         keep_best: with `best_fn`, also keep the K best steps.
+        max_bytes: a disk budget for the run's steps (int bytes or e.g. `"20GB"`); see
+            `CheckpointManager(max_bytes=...)`.
         resume: continue from the latest committed step of `directory`.
         overwrite: remove the checkpoints already in `directory` and start fresh.
         async_save: `hook(...)` returns once the state is snapshotted; a thread writes it.
@@ -104,6 +106,7 @@ class CkptHook:
         best_fn: str | Callable[[Mapping[str, float]], float] | None = None,
         best_mode: str = "min",
         keep_best: int = 1,
+        max_bytes: int | str | None = None,
         resume: bool = False,
         overwrite: bool = False,
         async_save: bool = False,
@@ -137,6 +140,7 @@ class CkptHook:
             best_fn=best_fn,
             best_mode=best_mode,
             keep_best=keep_best,
+            max_bytes=max_bytes,
             save_interval_steps=every_n_steps,
             save_interval_secs=every_n_seconds,
             save_on_signals=signals,

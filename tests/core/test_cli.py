@@ -646,3 +646,50 @@ def test_module_entry_point() -> None:
     assert result.returncode == 0
     for command in ("ls", "show", "verify", "prune", "best"):
         assert command in result.stdout
+
+
+# ---------------------------------------------------------------- the byte budget
+
+
+def budget_run(directory: Path, **options: Any) -> Path:
+    """Eight 100 kB steps, best (loss) at 2, keep_period=4: recorded in run.json."""
+    with CheckpointManager(
+        directory, max_to_keep=None, keep_period=4, best_fn="loss", **options
+    ) as mgr:
+        for step in range(8):
+            mgr.save(step, {"x": np.zeros(25_000, np.float32)}, metrics={"loss": abs(step - 2)})
+    return directory
+
+
+def test_prune_max_bytes_explains_and_deletes_what_is_over_budget(tmp_path: Path) -> None:
+    run = budget_run(tmp_path / "run")
+    dry = ckpt("prune", run, "--max-bytes", "450kB", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    # recent only, oldest first: 1, 3, 5, 6 (0 and 4 by period, 2 best, 7 latest)
+    assert "would delete 4 of 8 steps" in dry.stdout and "over budget: 1, 3, 5-6" in dry.stdout
+    assert "within max_bytes=450.0 kB" in dry.stdout
+    assert len(os.listdir(run)) > 8
+    doc = ckpt_json("prune", run, "--max-bytes", "450kB")
+    assert doc["deleted"] == doc["over_budget"] == [1, 3, 5, 6]
+    assert doc["retention"]["max_bytes"] == 450_000
+    with CheckpointManager(run, read_only=True) as mgr:
+        assert mgr.all_steps() == [0, 2, 4, 7] and mgr.size_bytes() <= 450_000
+    assert_one_line_error(ckpt("prune", run, "--max-bytes", "45 furlongs"), "--max-bytes", "20GB")
+
+
+def test_ls_shows_the_total_against_a_recorded_budget_and_none_turns_it_off(
+    tmp_path: Path,
+) -> None:
+    run = budget_run(tmp_path / "run", max_bytes="1MB")
+    result = ckpt("ls", run)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"8 steps, 80\d\.\d kB of 1\.0 MB budget", result.stdout), result.stdout
+    (listed,) = ckpt_json("ls", run)["runs"]
+    assert listed["retention"]["max_bytes"] == 1_000_000
+    assert listed["total_bytes"] == sum(s["bytes"] for s in listed["steps"])
+    # a smaller budget on the command line: `ls` says which steps it would delete, and why
+    (listed,) = ckpt_json("ls", run, "--max-bytes", "450kB")["runs"]
+    assert [s["step"] for s in listed["steps"] if s["over_budget"]] == [1, 3, 5, 6]
+    assert "over budget" in ckpt("ls", run, "--max-bytes", "450kB").stdout
+    doc = ckpt_json("prune", run, "--max-bytes", "none", "--max-to-keep", 2, "--dry-run")
+    assert doc["retention"]["max_bytes"] is None and doc["over_budget"] == []

@@ -146,3 +146,164 @@ def test_retention_matches_reference_model_over_random_save_sequences(
 def test_keep_best_none_keeps_every_ranked_step():
     records = recs(1, 2, 3, 4, s1=0.5, s2=0.1, s4=0.3)  # step 3 is unranked
     assert RetentionPolicy(max_to_keep=1, best_fn="loss", keep_best=None).to_delete(records) == [3]
+
+
+# ---------------------------------------------------------------- the byte budget (max_bytes)
+
+
+@dataclass(frozen=True)
+class SizedRec:
+    step: int
+    bytes: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def sized(sizes: dict[int, int], **loss_by_step: float) -> list[SizedRec]:
+    return [
+        SizedRec(s, n, {"loss": loss_by_step[f"s{s}"]} if f"s{s}" in loss_by_step else {})
+        for s, n in sizes.items()
+    ]
+
+
+def test_budget_deletes_recent_only_then_period_then_worst_ranked():
+    policy = RetentionPolicy(
+        max_to_keep=None, keep_period=10, best_fn="loss", keep_best=3, max_bytes=1
+    )
+    records = sized(
+        {s: 100 for s in (5, 10, 12, 20, 25, 30, 33)}, s12=3.0, s25=2.0, s30=1.0, s33=9.0
+    )
+    # Kept only as recent: 5 (33 is the latest); by period: 10, 20 (30 is the best);
+    # by rank, worst first: 12, then 25.
+    assert policy.over_budget(records) == [5, 10, 20, 12, 25]
+    assert policy.to_delete(records) == [5, 10, 12, 20, 25]
+
+
+def test_budget_stops_as_soon_as_the_run_fits():
+    policy = RetentionPolicy(max_to_keep=None, max_bytes=250)
+    assert policy.over_budget(sized({1: 100, 2: 100, 3: 100, 4: 100})) == [1, 2]
+
+
+def test_budget_never_deletes_the_latest_or_the_best_and_says_so():
+    policy = RetentionPolicy(max_to_keep=None, best_fn="loss", max_bytes=150)
+    records = sized({1: 100, 2: 100, 3: 100}, s1=0.5, s2=1.0, s3=2.0)
+    assert policy.over_budget(records) == [2]
+    warning = policy.budget_exceeded(records)
+    assert warning is not None
+    assert "step 1 (best) and step 3 (latest)" in warning and "200 bytes" in warning
+    assert "HINT" in warning and len(warning) < 400
+    assert RetentionPolicy(max_to_keep=None, max_bytes=300).budget_exceeded(records) is None
+
+
+def test_budget_counts_a_file_shared_between_steps_once():
+    policy = RetentionPolicy(max_to_keep=None, max_bytes=400)
+    records = sized({1: 200, 2: 200, 3: 200})
+    base = {(7, 42): 100}  # the same hard-linked file (st_dev, st_ino) in every step
+    files = {s: {**base, ("delta", s): 100} for s in (1, 2, 3)}
+    assert policy.over_budget(records, files) == []  # 100 once + 3 x 100, not 3 x 200
+    files[4] = {**base, ("delta", 4): 100}
+    assert policy.over_budget([*records, SizedRec(4, 200)], files) == [1]
+
+
+def test_rule_deletions_are_not_counted_against_the_budget():
+    # max_to_keep already deletes 1 and 2; the two kept steps fit.
+    policy = RetentionPolicy(max_to_keep=2, max_bytes=200)
+    assert policy.to_delete(sized({1: 100, 2: 100, 3: 100, 4: 100})) == [1, 2]
+    assert policy.over_budget(sized({1: 100, 2: 100, 3: 100, 4: 100})) == []
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (1234, 1234),
+        ("20GB", 20 * 10**9),
+        ("500MiB", 500 * 2**20),
+        ("1.5 GiB", int(1.5 * 2**30)),
+        ("2kb", 2000),
+        ("7", 7),
+        (" 3 TB ", 3 * 10**12),
+    ],
+)
+def test_max_bytes_accepts_ints_and_sizes_with_units(given, expected):
+    policy = RetentionPolicy(max_bytes=given)
+    assert policy.max_bytes == expected
+    assert RetentionPolicy.from_json(policy.to_json()) == policy
+
+
+@pytest.mark.parametrize(
+    ("given", "error"),
+    [
+        ("20 furlongs", ValueError),
+        ("GB", ValueError),
+        ("", ValueError),
+        (0, ValueError),
+        (-5, ValueError),
+        ("0MB", ValueError),
+        (2.5, TypeError),
+        (True, TypeError),
+    ],
+)
+def test_a_bad_max_bytes_names_the_option_what_was_found_and_an_example(given, error):
+    with pytest.raises(error) as e:
+        RetentionPolicy(max_bytes=given)
+    message = str(e.value)
+    assert "max_bytes" in message and "found" in message and "'20GB'" in message
+    assert len(message) < 300
+
+
+budget_runs = st.lists(
+    st.tuples(
+        st.integers(1, 1000),  # bytes
+        st.one_of(st.none(), st.floats(0, 10)),  # loss, or unranked
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    run=budget_runs,
+    max_to_keep=st.one_of(st.none(), st.integers(1, 8)),
+    keep_period=st.one_of(st.none(), st.integers(1, 6)),
+    keep_best=st.one_of(st.none(), st.integers(0, 4)),
+    max_bytes=st.integers(1, 8000),
+)
+def test_budget_properties(run, max_to_keep, keep_period, keep_best, max_bytes):
+    records = [
+        SizedRec(step, n, {} if loss is None else {"loss": loss})
+        for step, (n, loss) in enumerate(run)
+    ]
+    rules = dict(max_to_keep=max_to_keep, keep_period=keep_period, keep_best=keep_best)
+    unbudgeted = RetentionPolicy(**rules, best_fn="loss")
+    policy = RetentionPolicy(**rules, best_fn="loss", max_bytes=max_bytes)
+    # Without a budget nothing changes.
+    assert unbudgeted.over_budget(records) == []
+    by_rules = unbudgeted.to_delete(records)
+    deleted = policy.to_delete(records)
+    assert set(by_rules) <= set(deleted)
+    latest, best = len(run) - 1, policy.best_step(records)
+    assert latest not in deleted and best not in policy.over_budget(records)
+    remaining = [r for r in records if r.step not in deleted]
+    size = sum(r.bytes for r in remaining)
+    # The result fits the budget unless only the latest and the best remain.
+    assert size <= max_bytes or {r.step for r in remaining} <= {latest, best}
+    assert (policy.budget_exceeded(records) is not None) == (
+        sum(r.bytes for r in records if r.step in {latest, best} - set(by_rules)) > max_bytes
+    )
+    # Deletion order: recent-only steps oldest first, then period oldest first, then by rank
+    # worst first; and it stops as soon as the run fits.
+    why = unbudgeted.reasons(records)
+    order = policy.over_budget(records)
+    phase = [2 if "best" in why[s] else 1 if "period" in why[s] else 0 for s in order]
+    assert phase == sorted(phase)
+    ranks = {s: i for i, s in enumerate(unbudgeted.ranked(records))}
+    for a, b, pa, pb in zip(order, order[1:], phase, phase[1:], strict=False):
+        if pa == pb < 2:
+            assert a < b
+        elif pa == pb == 2:
+            assert ranks[a] > ranks[b]
+    if order:
+        before_last = sum(r.bytes for r in records if r.step not in by_rules) - sum(
+            r.bytes for r in records if r.step in order[:-1]
+        )
+        assert before_last > max_bytes

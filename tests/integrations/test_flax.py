@@ -258,6 +258,23 @@ def test_best_fn_eval_loss_and_retention(tmp_path: Path, async_save: bool) -> No
     reader.close()
 
 
+def test_max_bytes_keeps_an_orbax_run_within_its_budget(tmp_path: Path) -> None:
+    state = linen_init()
+    with CkptHook(tmp_path / "one") as hook:
+        hook(0, state)
+        one_step = hook.manager.size_bytes()
+    budget = int(2.5 * one_step)
+    with CkptHook(tmp_path / "run", max_to_keep=None, best_fn="loss", max_bytes=budget) as hook:
+        for step in range(8):
+            state, _ = linen_step(state)
+            hook(step, state, metrics={"loss": abs(step - 3)})
+            assert hook.manager.size_bytes() <= budget
+        assert hook.manager.all_steps() == [3, 7]  # the best and the latest fit; 6 does not
+    assert (
+        json.loads((tmp_path / "run" / "run.json").read_text())["retention"]["max_bytes"] == budget
+    )
+
+
 def test_metrics_must_be_scalars(tmp_path: Path) -> None:
     with CkptHook(tmp_path) as hook, pytest.raises(ValueError, match=r"'loss_curve'.*scalars"):
         hook(0, linen_init(), metrics={"loss_curve": jnp.ones(3)})
