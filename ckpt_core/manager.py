@@ -211,7 +211,10 @@ class CheckpointManager:
         self._previous_handlers: dict[int, Any] = {}
         self._pointers: dict[str, str | None] = {}
         self._snapshot_buffers = SnapshotBuffers()
-        self._files: dict[int, StepFiles] = {}  # each step's payload files: identity -> size
+        # Each step's payload files (identity -> size), stat'ed only once the budget or
+        # size_bytes() needs them: opening a 10,000-step run reads manifests, nothing more.
+        self._files: dict[int, StepFiles] = {}
+        self._unstated: dict[int, Manifest] = {}
         self._over_budget_warned = False  # warn once each time the run goes over max_bytes
         self.resuming = False
 
@@ -256,7 +259,7 @@ class CheckpointManager:
 
     def _scan(self) -> dict[int, CheckpointInfo]:
         infos: dict[int, CheckpointInfo] = {}
-        self._files = {}
+        self._files, self._unstated = {}, {}
         for name in self._storage.list_names():
             step = layout.parse_step(name)
             if step is None:
@@ -264,12 +267,21 @@ class CheckpointManager:
             manifest = self._read_manifest(name, quiet=True)
             if manifest is not None and manifest.step == step:
                 infos[step] = self._info_of(manifest)
-                self._files[step] = self._files_of(manifest)
+                self._unstated[step] = manifest
         return infos
 
-    def _files_of(self, manifest: Manifest) -> StepFiles:
-        """The step's payload files by identity, so bytes shared with other steps count once."""
-        return step_files(self._storage, manifest)
+    def _step_files(self) -> dict[int, StepFiles]:
+        """Every committed step's payload files by identity, so bytes shared between steps
+        count once; stat'ed on first use."""
+        for step, manifest in self._unstated.items():
+            if step in self._infos:
+                self._files[step] = step_files(self._storage, manifest)
+        self._unstated = {}
+        return self._files
+
+    def _budget_files(self) -> dict[int, StepFiles] | None:
+        """What the retention rules need to know of the files: nothing without a budget."""
+        return self._step_files() if self._policy.max_bytes is not None else None
 
     def _read_manifest(self, name: str, *, quiet: bool = False) -> Manifest | None:
         rel = f"{name}/{layout.MANIFEST}"
@@ -381,6 +393,7 @@ class CheckpointManager:
                 self._storage.rename(name, aside)
                 self._infos.pop(step, None)
                 self._files.pop(step, None)
+                self._unstated.pop(step, None)
         self._refresh_pointers()
 
     def _remove_owned(self) -> None:
@@ -390,7 +403,7 @@ class CheckpointManager:
             elif layout.is_owned(name):
                 self._storage.remove(name)
         self._infos = {}
-        self._files = {}
+        self._files, self._unstated = {}, {}
         self._pointers = {}
 
     # ------------------------------------------------------------------ saving
@@ -477,7 +490,8 @@ class CheckpointManager:
             if latest is None or step >= latest or step in self._infos:
                 return
             record = CheckpointInfo(step, 0.0, metrics, None, "", 0, "")
-            files = {**self._files, step: {}}
+            files = self._budget_files()
+            files = None if files is None else {**files, step: {}}
             if step not in self._policy.to_delete([*self._infos.values(), record], files):
                 return
         raise ValueError(
@@ -503,12 +517,14 @@ class CheckpointManager:
         try:
             with self._mutex:
                 self._infos[step] = self._info_of(manifest)
-                self._files[step] = self._files_of(manifest)
-                for doomed in self._policy.to_delete(list(self._infos.values()), self._files):
+                self._unstated[step] = manifest
+                files = self._budget_files()
+                for doomed in self._policy.to_delete(list(self._infos.values()), files):
                     # Forgotten first: a failed delete leaves a complete step on disk, which
                     # the next open finds again; never a listed step that is gone.
                     del self._infos[doomed]
                     self._files.pop(doomed, None)
+                    self._unstated.pop(doomed, None)
                     self._storage.delete_step(layout.step_dirname(doomed))
                 self._refresh_pointers()
                 self._warn_if_over_budget()
@@ -522,7 +538,7 @@ class CheckpointManager:
     def _warn_if_over_budget(self) -> None:
         """Warn once when the latest and best step alone exceed `max_bytes`, again only after
         the run fitted in between: not at every save of a run that stays over it."""
-        problem = self._policy.budget_exceeded(list(self._infos.values()), self._files)
+        problem = self._policy.budget_exceeded(list(self._infos.values()), self._budget_files())
         if problem is not None and not self._over_budget_warned:
             warnings.warn(f"{self._storage.root}: {problem}", OverBudgetWarning, stacklevel=4)
         self._over_budget_warned = problem is not None
@@ -762,7 +778,7 @@ class CheckpointManager:
     def size_bytes(self) -> int:
         """The payload bytes of all committed steps, a file shared between steps counted once."""
         with self._mutex:
-            return committed_bytes(self._files.values())
+            return committed_bytes(self._step_files().values())
 
     def backup(self, path: str | os.PathLike[str]) -> Path:
         """Write a zip of every committed step (and `run.json`) to `path`; returns its path.
