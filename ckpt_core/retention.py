@@ -186,7 +186,8 @@ class RetentionPolicy:
             f"step {s} ({'latest' if s == protected[-1] else 'best'})" for s in protected
         )
         return (
-            f"max_bytes={self.max_bytes} is exceeded: {which} alone hold {total} bytes, and the "
+            f"max_bytes={self.max_bytes} is exceeded: {which} alone "
+            f"{'hold' if len(protected) > 1 else 'holds'} {total} bytes, and the "
             "budget never deletes the latest or the best step. HINT: raise max_bytes above "
             f"{total}, or save a smaller state."
         )

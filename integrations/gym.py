@@ -74,7 +74,7 @@ import gymnasium as gym
 import numpy as np
 
 from ckpt_core import CheckpointManager, StructureMismatchError, UnrankedStepWarning
-from ckpt_core._options import check_bool, check_mapping, describe
+from ckpt_core._options import check_bool, check_mapping, describe, parse_size
 from ckpt_core.manager import on_existing_from_flags
 from ckpt_core.optimizer_state import complete_optimizer_state
 from ckpt_core.rng import global_rng_state, set_global_rng_state
@@ -126,6 +126,8 @@ class RunnerConfig:
             episode boundary at or after a multiple of this (see the module docstring).
         max_checkpoints: keep this many most recent checkpoints (`None`: keep all).
         keep_period: checkpoints whose step is a multiple of this are never deleted.
+        max_bytes: a disk budget for the run's checkpoints (int bytes or e.g. `"20GB"`); see
+            `CheckpointManager(max_bytes=...)`.
         resume: continue from the latest checkpoint in `checkpoint_dir` if there is one.
         overwrite: delete the checkpoints already in `checkpoint_dir` and start over.
             `resume` and `overwrite` together are an error; with neither, an existing run in
@@ -156,6 +158,7 @@ class RunnerConfig:
     checkpoint_interval: int = 5_000
     max_checkpoints: int | None = 5
     keep_period: int | None = None
+    max_bytes: int | str | None = None
     resume: bool = False
     overwrite: bool = False
     best_metric: str | None = None
@@ -172,6 +175,7 @@ class RunnerConfig:
         _check_int("checkpoint_interval", self.checkpoint_interval, 1, "5_000 (timesteps)")
         _check_int("max_checkpoints", self.max_checkpoints, 1, "5 (None keeps all)", optional=True)
         _check_int("keep_period", self.keep_period, 1, "20_000 (None: off)", optional=True)
+        object.__setattr__(self, "max_bytes", parse_size("max_bytes", self.max_bytes))
         _check_int("seed", self.seed, 0, "0")
         _check_int("metric_window", self.metric_window, 1, "100 (episodes)")
         check_bool("resume", self.resume)
@@ -718,6 +722,7 @@ class CkptRunnerHook:
             c.checkpoint_dir,
             max_to_keep=c.max_checkpoints,
             keep_period=c.keep_period,
+            max_bytes=c.max_bytes,
             best_fn=c.best_metric,
             best_mode=c.best_mode,
             on_existing=on_existing,

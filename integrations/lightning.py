@@ -43,7 +43,14 @@ from ckpt_core import (
     CorruptCheckpointError,
     UnrankedStepWarning,
 )
-from ckpt_core._options import check_bool, check_int, check_mapping, check_seconds, describe
+from ckpt_core._options import (
+    check_bool,
+    check_int,
+    check_mapping,
+    check_seconds,
+    describe,
+    parse_size,
+)
 from ckpt_core.layout import parse_step
 from ckpt_core.manager import on_existing_from_flags
 from ckpt_core.signals import check_save_on_signals
@@ -286,6 +293,8 @@ class CkptCallback(ModelCheckpoint):
         max_to_keep: also keep the N newest checkpoints (None: keep all). Default: 1 (the latest)
             with `monitor` or `save_top_k`, all with `save_top_k=-1`, else 3.
         keep_period: checkpoints at a global step divisible by this are never deleted.
+        max_bytes: a disk budget for the run's checkpoints (int bytes or e.g. `"20GB"`); see
+            `CheckpointManager(max_bytes=...)`.
         every_n_train_steps: save when the global step is a multiple of this.
         every_n_epochs: save at the end of every N-th training epoch (the default, with 1, when
             no trigger is given).
@@ -367,6 +376,7 @@ class CkptCallback(ModelCheckpoint):
         *,
         max_to_keep: int | None = _NOT_GIVEN,
         keep_period: int | None = None,
+        max_bytes: int | str | None = None,
         resume: bool = False,
         overwrite: bool = False,
         async_save: bool = False,
@@ -408,6 +418,7 @@ class CkptCallback(ModelCheckpoint):
             max_to_keep = _default_max_to_keep(monitor, save_top_k)
         check_int("max_to_keep", max_to_keep, minimum=1, none="keep all", example=3)
         check_int("keep_period", keep_period, minimum=1, none="off", example=1000)
+        max_bytes = parse_size("max_bytes", max_bytes)
         for name, flag in (
             ("save_weights_only", save_weights_only),
             ("save_on_exception", save_on_exception),
@@ -433,6 +444,7 @@ class CkptCallback(ModelCheckpoint):
         self.save_top_k = 1 if save_top_k is None else save_top_k
         self.max_to_keep = max_to_keep
         self.keep_period = keep_period
+        self.max_bytes = max_bytes
         self.every_n_train_steps = every_n_train_steps
         self._every_n_epochs = every_n_epochs
         self.train_time_interval = train_time_interval
@@ -450,6 +462,7 @@ class CkptCallback(ModelCheckpoint):
         self._manager_options: dict[str, Any] = dict(
             max_to_keep=max_to_keep,
             keep_period=keep_period,
+            max_bytes=max_bytes,
             best_fn=monitor,
             best_mode=mode,
             keep_best=None if keep_best == -1 else keep_best,

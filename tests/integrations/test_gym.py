@@ -818,3 +818,21 @@ def test_progress_bar_is_quiet_off_a_terminal_and_shown_on_request(capfd):
 
 if __name__ == "__main__" and sys.argv[1:2] == ["child"]:
     child_main(sys.argv[2:])
+
+
+def test_max_bytes_keeps_the_run_within_its_budget(tmp_path):
+    config = RunnerConfig(
+        total_timesteps=2_000,
+        checkpoint_dir=tmp_path / "run",
+        checkpoint_interval=200,
+        max_checkpoints=None,
+        max_bytes="60kB",  # room for two or three steps of about 25 kB
+    )
+    assert config.max_bytes == 60_000
+    env = gym.make("FrozenLake-v1")
+    run(env, TabularQAgent(env.observation_space, env.action_space), config)
+    with CheckpointManager(tmp_path / "run", read_only=True) as ro:
+        assert 2 <= len(ro.all_steps()) < 10  # max_checkpoints=None alone would keep all 10
+        assert ro.size_bytes() <= 60_000
+    with pytest.raises(ValueError, match="max_bytes"):
+        RunnerConfig(total_timesteps=10, max_bytes="12 parsecs")

@@ -725,3 +725,23 @@ def test_ddp_two_processes_one_writer_and_resume(tmp_path):
         report = json.loads((log / f"second-rank{rank}.json").read_text())
         assert report["step"] == 8  # both ranks resumed from the same checkpoint
         assert report["weights"] == expected
+
+
+def test_max_bytes_keeps_the_run_within_its_budget(tmp_path):
+    _, _, cb, _ = fit(tmp_path, "shuffled", every_n_train_steps=2, max_to_keep=None)
+    with CheckpointManager(tmp_path, read_only=True) as ro:
+        one_step = ro.info(ro.latest_step()).bytes
+        assert len(ro.all_steps()) == EPOCHS * N_TRAIN // BATCH // 2  # every save kept
+    budget = 3 * one_step + one_step // 2
+    fit(
+        tmp_path,
+        "shuffled",
+        every_n_train_steps=2,
+        max_to_keep=None,
+        max_bytes=budget,
+        overwrite=True,
+    )
+    with CheckpointManager(tmp_path, read_only=True) as ro:
+        assert len(ro.all_steps()) == 3 and ro.size_bytes() <= budget
+    with pytest.raises(ValueError, match="max_bytes"):
+        CkptCallback(tmp_path, max_bytes="lots")
