@@ -728,7 +728,7 @@ def test_ddp_two_processes_one_writer_and_resume(tmp_path):
 
 
 def test_max_bytes_keeps_the_run_within_its_budget(tmp_path):
-    _, _, cb, _ = fit(tmp_path, "shuffled", every_n_train_steps=2, max_to_keep=None)
+    fit(tmp_path, "shuffled", every_n_train_steps=2, max_to_keep=None)
     with CheckpointManager(tmp_path, read_only=True) as ro:
         one_step = ro.info(ro.latest_step()).bytes
         assert len(ro.all_steps()) == EPOCHS * N_TRAIN // BATCH // 2  # every save kept
