@@ -107,6 +107,11 @@ class CheckpointManager:
         allow_pickle: allow restoring `pickle` steps (unpickling can run code); a manager
             that writes with `format="pickle"` needs it, so it can read back what it saves.
         storage_options: passed to fsspec for URL directories; never written to disk.
+        incremental: a `tree` save writes its arrays as sharded safetensors files (large
+            arrays in row blocks) and takes every shard unchanged since the previous
+            committed step from it (a hard link on a local disk, a server-side copy on an
+            object store) instead of writing it. Each step still restores on its own. Off by
+            default: a damaged shared file damages every step that holds it.
 
     Raises:
         CheckpointExistsError: steps exist and `on_existing="error"`.
@@ -136,6 +141,7 @@ class CheckpointManager:
         async_save: bool = False,
         allow_pickle: bool = False,
         storage_options: dict[str, Any] | None = None,
+        incremental: bool = False,
     ) -> None:
         self._policy = RetentionPolicy(max_to_keep, keep_period, best_fn, best_mode, keep_best)
         check_int(
@@ -151,6 +157,7 @@ class CheckpointManager:
             ("read_only", read_only),
             ("async_save", async_save),
             ("allow_pickle", allow_pickle),
+            ("incremental", incremental),
         ):
             check_bool(name, flag)
         check_mapping("storage_options", storage_options)
@@ -177,6 +184,7 @@ class CheckpointManager:
         self._save_interval_steps = save_interval_steps
         self._save_interval_secs = save_interval_secs
         self._async = async_save
+        self._incremental = incremental
         self._allow_pickle = allow_pickle
         self._read_only = read_only
         self._storage: Storage = open_storage(directory, storage_options)
@@ -470,7 +478,15 @@ class CheckpointManager:
     ) -> None:
         name = layout.step_dirname(step)
         manifest = write_step(
-            self._storage, name, fmt, state, step=step, metrics=metrics, metadata=metadata
+            self._storage,
+            name,
+            fmt,
+            state,
+            step=step,
+            metrics=metrics,
+            metadata=metadata,
+            incremental=self._incremental,
+            base=self._incremental_base(),
         )
         try:
             with self._mutex:
@@ -487,6 +503,15 @@ class CheckpointManager:
             if full is None:
                 raise
             raise full from e
+
+    def _incremental_base(self) -> tuple[str, Manifest] | None:
+        """The previous committed step, whose unchanged files an incremental save shares."""
+        latest = self.latest_step() if self._incremental else None
+        if latest is None:
+            return None
+        name = layout.step_dirname(latest)
+        manifest = self._read_manifest(name, quiet=True)
+        return None if manifest is None else (name, manifest)
 
     def _refresh_pointers(self) -> None:
         """Keep the `latest` and `best` pointer files current (for people and tools)."""

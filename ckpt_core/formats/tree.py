@@ -32,6 +32,16 @@ from .base import (
 ARRAYS_FILE = "arrays.safetensors"
 STRUCTURE_FILE = "tree.json"
 STRUCTURE_VERSION = 1
+# The sharded layout of incremental saves, as Hugging Face ships large models: shard files
+# `arrays-00001.safetensors`, ... and an index mapping every tensor to its shard.
+INDEX_FILE = "arrays.safetensors.index.json"
+SHARD_FILE = "arrays-{:05d}.safetensors"
+# Arrays above BLOCK_BYTES are cut along their first axis into row blocks, each its own
+# tensor, so a ring buffer where a band of rows changed rewrites only the blocks of that
+# band; small leaves are packed into shards of about SHARD_BYTES. 1 MiB keeps a shard's
+# fsync cheap and a 10,000-row band of a (1M, 8) float32 buffer within two blocks.
+BLOCK_BYTES = 1 << 20
+SHARD_BYTES = 1 << 20
 
 # numpy / torch dtype name <-> safetensors dtype code
 _CODES = {
@@ -212,10 +222,13 @@ class TreeFormat:
 
     def write(self, state: Any, writer: StepWriter) -> None:
         enc = state if isinstance(state, Encoded) else encode(state, copy=False)
-        with writer.open(ARRAYS_FILE) as f:
-            f.write(_safetensors_header(enc.arrays))
-            for a in enc.arrays:
-                f.write(_as_bytes(a.data))
+        if writer.incremental:
+            _write_shards(enc, writer)
+        else:
+            with writer.open(ARRAYS_FILE) as f:
+                f.write(_safetensors_header(enc.arrays))
+                for a in enc.arrays:
+                    f.write(_as_bytes(a.data))
         doc = {"tree_format": STRUCTURE_VERSION, "structure": enc.structure}
         with writer.open(STRUCTURE_FILE) as f:
             f.write(json.dumps(doc, separators=(",", ":")).encode())
@@ -224,6 +237,12 @@ class TreeFormat:
         structure = read_structure(reader)
         saved_arrays: dict[str, Any] = {}  # name -> node
         _collect_arrays(structure, saved_arrays)
+        if INDEX_FILE in reader.manifest.files:
+            arrays = _read_shards(reader, structure, saved_arrays, like)
+            if like is None:
+                return _decode(structure, arrays)
+            by_path = saved_by_path(structure)
+            return _tree.rebuild_like(like, lambda p, leaf: _from_saved(by_path, arrays, p, leaf))
         with reader.open(ARRAYS_FILE) as f:
             header = _read_header(f)
             where = reader.display(ARRAYS_FILE)
@@ -254,6 +273,166 @@ class TreeFormat:
             return _decode(structure, targets)
         saved = saved_by_path(structure)
         return _tree.rebuild_like(like, lambda p, leaf: _from_saved(saved, targets, p, leaf))
+
+
+# ---------------------------------------------------------------- the sharded layout
+
+
+@dataclass
+class _Piece:
+    """One tensor of a shard: a whole small array, or one row block of a large one."""
+
+    tensor: _Array
+    data: memoryview
+
+
+def _pieces(enc: Encoded) -> tuple[list[_Piece], dict[str, list[str]]]:
+    """Every tensor to store, in order, and the row-block tensor names of each cut array."""
+    pieces: list[_Piece] = []
+    blocks: dict[str, list[str]] = {}
+    names = {a.name for a in enc.arrays}
+    for a in enc.arrays:
+        data = _as_bytes(a.data)
+        rows = a.shape[0] if a.shape else 0
+        if len(data) <= BLOCK_BYTES or rows < 2:
+            pieces.append(_Piece(a, data))
+            continue
+        row_bytes = len(data) // rows
+        step = max(1, BLOCK_BYTES // max(row_bytes, 1))
+        blocks[a.name] = []
+        for start in range(0, rows, step):
+            stop = min(rows, start + step)
+            name = f"{a.name}@rows{start}-{stop}"
+            while name in names:  # only if a leaf is itself named like a block
+                name += "#"
+            names.add(name)
+            blocks[a.name].append(name)
+            block = _Array(name, a.code, (stop - start, *a.shape[1:]), None)
+            pieces.append(_Piece(block, data[start * row_bytes : stop * row_bytes]))
+    return pieces, blocks
+
+
+def _write_shards(enc: Encoded, writer: StepWriter) -> None:
+    """Write the arrays as shards plus an index; a shard equal (size and xxh3) to the one of
+    the same name in the previous step is shared with it instead of written."""
+    import xxhash
+
+    from ..manifest import FileRecord
+
+    pieces, blocks = _pieces(enc)
+    shards: list[list[_Piece]] = []
+    size = 0
+    for piece in pieces:
+        if not shards or (size and size + len(piece.data) > SHARD_BYTES):
+            shards.append([])
+            size = 0
+        shards[-1].append(piece)
+        size += len(piece.data)
+    weight_map: dict[str, str] = {}
+    for number, shard in enumerate(shards, start=1):
+        name = SHARD_FILE.format(number)
+        header = _safetensors_header([p.tensor for p in shard])
+        # Hashing reads memory at ~10 GB/s, far faster than writing: check before writing.
+        hasher = xxhash.xxh3_64(header)
+        for p in shard:
+            hasher.update(p.data)
+            weight_map[p.tensor.name] = name
+        record = FileRecord(len(header) + sum(len(p.data) for p in shard), hasher.hexdigest())
+        if writer.share(name, record):
+            continue
+        with writer.open(name) as f:
+            f.write(header)
+            for p in shard:
+                f.write(p.data)
+    _mark_blocks(enc.structure, blocks)
+    total = sum(len(p.data) for p in pieces)
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    with writer.open(INDEX_FILE) as f:
+        f.write(json.dumps(index, separators=(",", ":")).encode())
+
+
+def _mark_blocks(node: Any, blocks: dict[str, list[str]]) -> None:
+    """Record in each cut array's node the row blocks it is reassembled from, in order."""
+    if node["t"] == "array":
+        if node["name"] in blocks:
+            node["blocks"] = blocks[node["name"]]
+    elif node["t"] in ("dict", "list", "tuple", "node"):
+        for v in node["v"]:
+            _mark_blocks(v, blocks)
+
+
+def _read_shards(
+    reader: StepReader, structure: Any, saved_arrays: dict[str, Any], like: Any
+) -> dict[str, Any]:
+    """Every array of a sharded step by name, each shard checksummed as it is read."""
+    where = reader.display(INDEX_FILE)
+    try:
+        index = json.loads(reader.read_bytes(INDEX_FILE))
+        weight_map = index["weight_map"]
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(v, str) and v in reader.manifest.files for v in weight_map.values()
+        ):
+            raise ValueError("weight_map names files the manifest does not list")
+    except (ValueError, KeyError, TypeError) as e:
+        raise CorruptCheckpointError(
+            f"{where} is not a valid shard index ({type(e).__name__}: {str(e)[:200]}). "
+            "HINT: restore an earlier step.",
+            path=where,
+        ) from None
+    shard_names = sorted(set(weight_map.values()))
+    headers: dict[str, tuple[str, dict[str, Any]]] = {}  # tensor -> (shard, entry)
+    for shard in shard_names:
+        with reader.open(shard) as f:
+            for tensor, entry in _read_header(f).items():
+                headers[tensor] = (shard, entry)
+    # What each array is made of: its row blocks in order, or the one tensor of its name.
+    parts = {name: node.get("blocks", [name]) for name, node in saved_arrays.items()}
+    wanted = {t for ts in parts.values() for t in ts}
+    if wanted != set(headers) or set(weight_map) != wanted:
+        raise CorruptCheckpointError(
+            f"the shards of {reader.display('')} hold tensors "
+            f"{sorted(wanted ^ set(headers))[:5]} that {STRUCTURE_FILE} does not describe (or "
+            "the reverse). HINT: restore an earlier step.",
+            path=where,
+        )
+    full: dict[str, dict[str, Any]] = {}
+    for name, tensors in parts.items():
+        entries = [headers[t][1] for t in tensors]
+        first = entries[0]
+        if any(
+            e["dtype"] != first["dtype"] or e["shape"][1:] != first["shape"][1:] for e in entries
+        ):
+            raise CorruptCheckpointError(
+                f"the row blocks of array {name!r} in {reader.display('')} differ in dtype or "
+                "trailing shape. HINT: restore an earlier step.",
+                path=where,
+            )
+        shape = list(first["shape"])
+        if "blocks" in saved_arrays[name]:
+            shape[0] = sum(e["shape"][0] for e in entries)
+        full[name] = {"dtype": first["dtype"], "shape": shape}
+    like_leaves: dict[str, Any] = {}
+    if like is not None:
+        _tree.check_structure(like, describe(structure, full), f"step {reader.manifest.step}")
+        like_leaves = {_tree.path_str(p): leaf for p, leaf in _tree.iter_leaves_lenient(like)}
+    targets: dict[str, Any] = {}
+    into: dict[str, memoryview] = {}  # tensor -> the bytes of its target it fills
+    for name, tensors in parts.items():
+        node = saved_arrays[name]
+        target_kind = _kind_of(like_leaves.get(node["path"])) or node["kind"]
+        targets[name], view = _allocate(full[name], target_kind)
+        offset = 0
+        for t in tensors:
+            start, stop = headers[t][1]["data_offsets"]
+            into[t] = view[offset : offset + stop - start]
+            offset += stop - start
+    for shard in shard_names:
+        with reader.open(shard) as f:
+            header = _read_header(f)
+            for tensor, _ in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+                f.read_exactly(into[tensor])
+            f.verify()
+    return targets
 
 
 def storable_refusal(node: Any, path: tuple[Any, ...] = ()) -> Refusal | None:
@@ -380,6 +559,13 @@ def _check_node(node: Any, path: tuple[Any, ...]) -> None:
             and isinstance(node.get("key_shape"), list)
         ):
             raise TypeError(f"the PRNG key at {where} lacks its impl, dtype or shape")
+        blocks = node.get("blocks", [node["name"]])
+        if (
+            not isinstance(blocks, list)
+            or not blocks
+            or not all(isinstance(b, str) for b in blocks)
+        ):
+            raise TypeError(f"the array at {where} has row blocks that are not names")
         node["path"] = where
     elif t in ("dict", "list", "tuple", "node"):
         values, keys = node.get("v"), node.get("k")
