@@ -427,7 +427,16 @@ def _tree_listing(reader: StepReader) -> TreeListing:
     from .formats import tree
 
     structure = tree.read_structure(reader)  # small; checksummed as a whole
-    header = _safetensors_header(reader, tree.ARRAYS_FILE)
+    if tree.INDEX_FILE in reader.manifest.files:  # an incremental save: shards, row blocks
+        saved: dict[str, Any] = {}
+        tree._collect_arrays(structure, saved)
+        full = tree.shard_layout(reader, saved).full
+        header = {
+            name: {**entry, "data_offsets": [0, _array_bytes(entry)]}
+            for name, entry in full.items()
+        }
+    else:
+        header = _safetensors_header(reader, tree.ARRAYS_FILE)
     try:
         described = tree.describe(structure, header)
     except (KeyError, TypeError, ValueError) as e:
@@ -458,6 +467,12 @@ def _tree_listing(reader: StepReader) -> TreeListing:
     return TreeListing(
         entries, f"the safetensors header of {tree.ARRAYS_FILE} and {tree.STRUCTURE_FILE}"
     )
+
+
+def _array_bytes(entry: dict[str, Any]) -> int:
+    from .formats import tree
+
+    return math.prod(entry["shape"]) * tree.numpy_dtype(tree._NAMES[entry["dtype"]]).itemsize
 
 
 def _safetensors_header(reader: StepReader, name: str) -> dict[str, Any]:

@@ -361,10 +361,19 @@ def _mark_blocks(node: Any, blocks: dict[str, list[str]]) -> None:
             _mark_blocks(v, blocks)
 
 
-def _read_shards(
-    reader: StepReader, structure: Any, saved_arrays: dict[str, Any], like: Any
-) -> dict[str, Any]:
-    """Every array of a sharded step by name, each shard checksummed as it is read."""
+@dataclass
+class ShardLayout:
+    """What a sharded step holds: per array, its full dtype and shape, and its tensors."""
+
+    shards: list[str]
+    tensors: dict[str, tuple[str, dict[str, Any]]]  # tensor -> (shard, safetensors entry)
+    parts: dict[str, list[str]]  # array -> its tensors in order (row blocks, or itself)
+    full: dict[str, dict[str, Any]]  # array -> {"dtype", "shape"} as one safetensors entry
+
+
+def shard_layout(reader: StepReader, saved_arrays: dict[str, Any]) -> ShardLayout:
+    """The index and every shard's header (not yet checksummed), checked against each other
+    and `tree.json`'s arrays (`saved_arrays`: name -> node)."""
     where = reader.display(INDEX_FILE)
     try:
         index = json.loads(reader.read_bytes(INDEX_FILE))
@@ -411,6 +420,15 @@ def _read_shards(
         if "blocks" in saved_arrays[name]:
             shape[0] = sum(e["shape"][0] for e in entries)
         full[name] = {"dtype": first["dtype"], "shape": shape}
+    return ShardLayout(shard_names, headers, parts, full)
+
+
+def _read_shards(
+    reader: StepReader, structure: Any, saved_arrays: dict[str, Any], like: Any
+) -> dict[str, Any]:
+    """Every array of a sharded step by name, each shard checksummed as it is read."""
+    shards = shard_layout(reader, saved_arrays)
+    headers, parts, full = shards.tensors, shards.parts, shards.full
     like_leaves: dict[str, Any] = {}
     if like is not None:
         _tree.check_structure(like, describe(structure, full), f"step {reader.manifest.step}")
@@ -426,7 +444,7 @@ def _read_shards(
             start, stop = headers[t][1]["data_offsets"]
             into[t] = view[offset : offset + stop - start]
             offset += stop - start
-    for shard in shard_names:
+    for shard in shards.shards:
         with reader.open(shard) as f:
             header = _read_header(f)
             for tensor, _ in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
