@@ -430,7 +430,7 @@ def _tree_listing(reader: StepReader) -> TreeListing:
     if tree.INDEX_FILE in reader.manifest.files:  # an incremental save: shards, row blocks
         saved: dict[str, Any] = {}
         tree._collect_arrays(structure, saved)
-        full = tree.shard_layout(reader, saved).full
+        full = tree.shard_layout(reader, saved).full  # from tree.json: no shard is opened
         header = {
             name: {**entry, "data_offsets": [0, _array_bytes(entry)]}
             for name, entry in full.items()

@@ -141,7 +141,9 @@ class VerifyingReader(io.RawIOBase):
 
     def verify(self) -> None:
         """Read whatever is left, then compare size and checksum with the manifest."""
-        sink = bytearray(CHUNK)
+        # No bigger than what is left (plus a byte to see the end): a fully read file, as
+        # the shards of an incremental step are, must not cost an 8 MiB allocation each.
+        sink = bytearray(max(1, min(CHUNK, self._expected.size - self.size + 1)))
         while self.readinto(sink):
             pass
         check_record(self.name, FileRecord(self.size, self._hash.hexdigest()), self._expected)

@@ -40,8 +40,8 @@ SHARD_FILE = "arrays-{:05d}.safetensors"
 # tensor, so a ring buffer where a band of rows changed rewrites only the blocks of that
 # band; small leaves are packed into shards of about SHARD_BYTES. 1 MiB keeps a shard's
 # fsync cheap and a 10,000-row band of a (1M, 8) float32 buffer within two blocks.
-BLOCK_BYTES = 1 << 20
-SHARD_BYTES = 1 << 20
+BLOCK_BYTES = 2 << 20
+SHARD_BYTES = 2 << 20
 
 # numpy / torch dtype name <-> safetensors dtype code
 _CODES = {
@@ -276,6 +276,12 @@ class TreeFormat:
 
 
 # ---------------------------------------------------------------- the sharded layout
+#
+# In `tree.json`, each array node of a sharded step also says how it is stored:
+# "stored": [safetensors dtype, shape] and "tensors": [[tensor name, rows], ...], its row
+# blocks in order (one entry, the array's own name, for an array that was not cut). The
+# reader allocates every array from these and checks each shard's header against them, so
+# every shard is opened once.
 
 
 @dataclass
@@ -286,30 +292,31 @@ class _Piece:
     data: memoryview
 
 
-def _pieces(enc: Encoded) -> tuple[list[_Piece], dict[str, list[str]]]:
-    """Every tensor to store, in order, and the row-block tensor names of each cut array."""
+def _pieces(enc: Encoded) -> tuple[list[_Piece], dict[str, list[list[Any]]]]:
+    """Every tensor to store, in order, and each array's tensors as [name, rows]."""
     pieces: list[_Piece] = []
-    blocks: dict[str, list[str]] = {}
+    tensors: dict[str, list[list[Any]]] = {}
     names = {a.name for a in enc.arrays}
     for a in enc.arrays:
         data = _as_bytes(a.data)
         rows = a.shape[0] if a.shape else 0
         if len(data) <= BLOCK_BYTES or rows < 2:
             pieces.append(_Piece(a, data))
+            tensors[a.name] = [[a.name, rows]]
             continue
         row_bytes = len(data) // rows
         step = max(1, BLOCK_BYTES // max(row_bytes, 1))
-        blocks[a.name] = []
+        tensors[a.name] = []
         for start in range(0, rows, step):
             stop = min(rows, start + step)
             name = f"{a.name}@rows{start}-{stop}"
             while name in names:  # only if a leaf is itself named like a block
                 name += "#"
             names.add(name)
-            blocks[a.name].append(name)
+            tensors[a.name].append([name, stop - start])
             block = _Array(name, a.code, (stop - start, *a.shape[1:]), None)
             pieces.append(_Piece(block, data[start * row_bytes : stop * row_bytes]))
-    return pieces, blocks
+    return pieces, tensors
 
 
 def _write_shards(enc: Encoded, writer: StepWriter) -> None:
@@ -319,7 +326,7 @@ def _write_shards(enc: Encoded, writer: StepWriter) -> None:
 
     from ..manifest import FileRecord
 
-    pieces, blocks = _pieces(enc)
+    pieces, tensors = _pieces(enc)
     shards: list[list[_Piece]] = []
     size = 0
     for piece in pieces:
@@ -344,40 +351,45 @@ def _write_shards(enc: Encoded, writer: StepWriter) -> None:
             f.write(header)
             for p in shard:
                 f.write(p.data)
-    _mark_blocks(enc.structure, blocks)
+    stored = {a.name: [a.code, list(a.shape)] for a in enc.arrays}
+    _mark_stored(enc.structure, stored, tensors)
     total = sum(len(p.data) for p in pieces)
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     with writer.open(INDEX_FILE) as f:
         f.write(json.dumps(index, separators=(",", ":")).encode())
 
 
-def _mark_blocks(node: Any, blocks: dict[str, list[str]]) -> None:
-    """Record in each cut array's node the row blocks it is reassembled from, in order."""
+def _mark_stored(node: Any, stored: dict[str, Any], tensors: dict[str, Any]) -> None:
     if node["t"] == "array":
-        if node["name"] in blocks:
-            node["blocks"] = blocks[node["name"]]
+        node["stored"] = stored[node["name"]]
+        node["tensors"] = tensors[node["name"]]
     elif node["t"] in ("dict", "list", "tuple", "node"):
         for v in node["v"]:
-            _mark_blocks(v, blocks)
+            _mark_stored(v, stored, tensors)
 
 
 @dataclass
 class ShardLayout:
-    """What a sharded step holds: per array, its full dtype and shape, and its tensors."""
+    """What a sharded step holds, from `tree.json` and the index (no shard opened)."""
 
     shards: list[str]
-    tensors: dict[str, tuple[str, dict[str, Any]]]  # tensor -> (shard, safetensors entry)
-    parts: dict[str, list[str]]  # array -> its tensors in order (row blocks, or itself)
     full: dict[str, dict[str, Any]]  # array -> {"dtype", "shape"} as one safetensors entry
+    tensors: dict[str, tuple[str, int, dict[str, Any]]]  # tensor -> (array, byte offset, entry)
 
 
 def shard_layout(reader: StepReader, saved_arrays: dict[str, Any]) -> ShardLayout:
-    """The index and every shard's header (not yet checksummed), checked against each other
-    and `tree.json`'s arrays (`saved_arrays`: name -> node)."""
+    """The layout of a sharded step (`saved_arrays`: name -> node of `tree.json`), its index
+    and `tree.json` checked against each other."""
     where = reader.display(INDEX_FILE)
+
+    def bad(what: str) -> CorruptCheckpointError:
+        return CorruptCheckpointError(
+            f"{where} and {STRUCTURE_FILE} disagree: {what}. HINT: restore an earlier step.",
+            path=where,
+        )
+
     try:
-        index = json.loads(reader.read_bytes(INDEX_FILE))
-        weight_map = index["weight_map"]
+        weight_map = json.loads(reader.read_bytes(INDEX_FILE))["weight_map"]
         if not isinstance(weight_map, dict) or not all(
             isinstance(v, str) and v in reader.manifest.files for v in weight_map.values()
         ):
@@ -388,68 +400,72 @@ def shard_layout(reader: StepReader, saved_arrays: dict[str, Any]) -> ShardLayou
             "HINT: restore an earlier step.",
             path=where,
         ) from None
-    shard_names = sorted(set(weight_map.values()))
-    headers: dict[str, tuple[str, dict[str, Any]]] = {}  # tensor -> (shard, entry)
-    for shard in shard_names:
-        with reader.open(shard) as f:
-            for tensor, entry in _read_header(f).items():
-                headers[tensor] = (shard, entry)
-    # What each array is made of: its row blocks in order, or the one tensor of its name.
-    parts = {name: node.get("blocks", [name]) for name, node in saved_arrays.items()}
-    wanted = {t for ts in parts.values() for t in ts}
-    if wanted != set(headers) or set(weight_map) != wanted:
-        raise CorruptCheckpointError(
-            f"the shards of {reader.display('')} hold tensors "
-            f"{sorted(wanted ^ set(headers))[:5]} that {STRUCTURE_FILE} does not describe (or "
-            "the reverse). HINT: restore an earlier step.",
-            path=where,
-        )
     full: dict[str, dict[str, Any]] = {}
-    for name, tensors in parts.items():
-        entries = [headers[t][1] for t in tensors]
-        first = entries[0]
-        if any(
-            e["dtype"] != first["dtype"] or e["shape"][1:] != first["shape"][1:] for e in entries
-        ):
-            raise CorruptCheckpointError(
-                f"the row blocks of array {name!r} in {reader.display('')} differ in dtype or "
-                "trailing shape. HINT: restore an earlier step.",
-                path=where,
-            )
-        shape = list(first["shape"])
-        if "blocks" in saved_arrays[name]:
-            shape[0] = sum(e["shape"][0] for e in entries)
-        full[name] = {"dtype": first["dtype"], "shape": shape}
-    return ShardLayout(shard_names, headers, parts, full)
+    tensors: dict[str, tuple[str, int, dict[str, Any]]] = {}
+    for name, node in saved_arrays.items():
+        if "stored" not in node or "tensors" not in node:
+            raise bad(f"array {name!r} has no stored dtype, shape or tensors")
+        code, shape = node["stored"]
+        itemsize = numpy_dtype(_NAMES[code]).itemsize
+        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * itemsize
+        full[name] = {"dtype": code, "shape": shape}
+        whole = len(node["tensors"]) == 1
+        offset = 0  # where in the array's bytes each row block goes
+        for tensor, rows in node["tensors"]:
+            entry = {"dtype": code, "shape": shape if whole else [rows, *shape[1:]]}
+            tensors[tensor] = (name, offset, entry)
+            offset += rows * row_bytes
+        if len(node["tensors"]) > 1 and sum(r for _, r in node["tensors"]) != shape[0]:
+            raise bad(f"the row blocks of array {name!r} do not add up to {shape[0]} rows")
+    if set(weight_map) != set(tensors):
+        raise bad(f"tensors {sorted(set(weight_map) ^ set(tensors))[:5]} are in only one of them")
+    return ShardLayout(sorted(set(weight_map.values())), full, tensors)
 
 
 def _read_shards(
     reader: StepReader, structure: Any, saved_arrays: dict[str, Any], like: Any
 ) -> dict[str, Any]:
     """Every array of a sharded step by name, each shard checksummed as it is read."""
-    shards = shard_layout(reader, saved_arrays)
-    headers, parts, full = shards.tensors, shards.parts, shards.full
+    layout = shard_layout(reader, saved_arrays)
     like_leaves: dict[str, Any] = {}
     if like is not None:
-        _tree.check_structure(like, describe(structure, full), f"step {reader.manifest.step}")
+        _tree.check_structure(
+            like, describe(structure, layout.full), f"step {reader.manifest.step}"
+        )
         like_leaves = {_tree.path_str(p): leaf for p, leaf in _tree.iter_leaves_lenient(like)}
     targets: dict[str, Any] = {}
-    into: dict[str, memoryview] = {}  # tensor -> the bytes of its target it fills
-    for name, tensors in parts.items():
-        node = saved_arrays[name]
+    views: dict[str, memoryview] = {}
+    for name, node in saved_arrays.items():
         target_kind = _kind_of(like_leaves.get(node["path"])) or node["kind"]
-        targets[name], view = _allocate(full[name], target_kind)
-        offset = 0
-        for t in tensors:
-            start, stop = headers[t][1]["data_offsets"]
-            into[t] = view[offset : offset + stop - start]
-            offset += stop - start
-    for shard in shards.shards:
+        targets[name], views[name] = _allocate(layout.full[name], target_kind)
+    unread = set(layout.tensors)
+    for shard in layout.shards:
         with reader.open(shard) as f:
-            header = _read_header(f)
-            for tensor, _ in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
-                f.read_exactly(into[tensor])
+            for tensor, entry in sorted(_read_header(f).items(), key=lambda kv: _start_of(kv[1])):
+                if tensor not in unread:
+                    raise CorruptCheckpointError(
+                        f"{f.name} holds tensor {tensor!r}, which {INDEX_FILE} does not place "
+                        "there (or twice). HINT: restore an earlier step.",
+                        path=f.name,
+                    )
+                name, offset, expected = layout.tensors[tensor]
+                if entry["dtype"] != expected["dtype"] or entry["shape"] != expected["shape"]:
+                    raise CorruptCheckpointError(
+                        f"{f.name}: tensor {tensor!r} is {entry['dtype']} {entry['shape']}, "
+                        f"{STRUCTURE_FILE} records {expected['dtype']} {expected['shape']}. "
+                        "HINT: restore an earlier step.",
+                        path=f.name,
+                    )
+                start, stop = entry["data_offsets"]
+                f.read_exactly(views[name][offset : offset + stop - start])
+                unread.discard(tensor)
             f.verify()
+    if unread:
+        raise CorruptCheckpointError(
+            f"the shards of {reader.display('')} lack tensors {sorted(unread)[:5]} that "
+            f"{INDEX_FILE} lists. HINT: restore an earlier step.",
+            path=reader.display(INDEX_FILE),
+        )
     return targets
 
 
@@ -577,13 +593,8 @@ def _check_node(node: Any, path: tuple[Any, ...]) -> None:
             and isinstance(node.get("key_shape"), list)
         ):
             raise TypeError(f"the PRNG key at {where} lacks its impl, dtype or shape")
-        blocks = node.get("blocks", [node["name"]])
-        if (
-            not isinstance(blocks, list)
-            or not blocks
-            or not all(isinstance(b, str) for b in blocks)
-        ):
-            raise TypeError(f"the array at {where} has row blocks that are not names")
+        if "stored" in node or "tensors" in node:  # a sharded step (incremental saves)
+            _check_stored(node, where)
         node["path"] = where
     elif t in ("dict", "list", "tuple", "node"):
         values, keys = node.get("v"), node.get("k")
@@ -606,6 +617,28 @@ def _check_node(node: Any, path: tuple[Any, ...]) -> None:
             raise TypeError(f"the {t} at {where} holds {type(value).__name__}")
     elif t != "none":
         raise TypeError(f"unknown node type {t!r} at {where}")
+
+
+def _check_stored(node: Any, where: str) -> None:
+    stored, tensors = node.get("stored"), node.get("tensors")
+    if not (
+        isinstance(stored, list)
+        and len(stored) == 2
+        and stored[0] in _NAMES
+        and isinstance(stored[1], list)
+        and all(_is_count(d) for d in stored[1])
+    ):
+        raise TypeError(f"the array at {where} has no valid stored dtype and shape")
+    if not (
+        isinstance(tensors, list)
+        and tensors
+        and all(
+            isinstance(t, list) and len(t) == 2 and isinstance(t[0], str) and _is_count(t[1])
+            for t in tensors
+        )
+        and (len(tensors) == 1 or len(stored[1]) > 0)
+    ):
+        raise TypeError(f"the array at {where} has tensors that are not [name, rows] pairs")
 
 
 def _collect_arrays(node: Any, out: dict[str, Any]) -> None:

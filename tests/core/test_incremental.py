@@ -82,7 +82,7 @@ def test_unchanged_leaves_are_shared_not_written(where, bytes_written):
         return
     files0, files1 = step_files(where, 0), step_files(where, 1)
     linked = [n for n in files1 if os.stat(files1[n]).st_ino == os.stat(files0[n]).st_ino]
-    assert len(linked) >= 6 and all(os.stat(files1[n]).st_nlink == 2 for n in linked)
+    assert len(linked) >= 3 and all(os.stat(files1[n]).st_nlink == 2 for n in linked)
 
 
 def test_ring_buffer_band_rewrites_only_its_blocks(where, bytes_written):
@@ -146,8 +146,8 @@ def test_shards_open_with_safetensors_and_blocks_reassemble(tmp_path):
     assert sum(t.nbytes for t in tensors.values()) == index["metadata"]["total_size"]
     structure = json.loads((step_dir / tree.STRUCTURE_FILE).read_text())["structure"]
     base = structure["v"][structure["k"].index("base")]
-    blocks = base["v"][base["k"].index("frozen")]["blocks"]
-    assert len(blocks) == 4
+    blocks = [name for name, _ in base["v"][base["k"].index("frozen")]["tensors"]]
+    assert len(blocks) == 2
     np.testing.assert_array_equal(np.concatenate([tensors[b] for b in blocks]), FROZEN)
     np.testing.assert_array_equal(tensors["adapter"], state(0)["adapter"])
 
