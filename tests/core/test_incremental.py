@@ -22,7 +22,14 @@ from safetensors import safe_open
 import ckpt_core.storage
 from ckpt_core import CheckpointManager, CorruptCheckpointError, layout
 from ckpt_core.cli import main as ckpt_main
-from ckpt_core.formats import tree
+
+# The file names of the tree format's two layouts (not imported from ckpt_core.formats.tree:
+# importing that module first would keep the other built-in formats from registering).
+ARRAYS_FILE, INDEX_FILE, STRUCTURE_FILE = (
+    "arrays.safetensors",
+    "arrays.safetensors.index.json",
+    "tree.json",
+)
 
 FROZEN = np.random.default_rng(0).standard_normal((1024, 1024), dtype=np.float32)  # 4 MiB
 
@@ -137,14 +144,14 @@ def test_shards_open_with_safetensors_and_blocks_reassemble(tmp_path):
     with CheckpointManager(tmp_path, incremental=True) as mgr:
         mgr.save(0, state(0))
         step_dir = Path(mgr.path(0))
-    assert not (step_dir / tree.ARRAYS_FILE).exists()
-    index = json.loads((step_dir / tree.INDEX_FILE).read_text())
+    assert not (step_dir / ARRAYS_FILE).exists()
+    index = json.loads((step_dir / INDEX_FILE).read_text())
     tensors = {}
     for name, shard in index["weight_map"].items():
         with safe_open(str(step_dir / shard), "np") as f:
             tensors[name] = f.get_tensor(name)
     assert sum(t.nbytes for t in tensors.values()) == index["metadata"]["total_size"]
-    structure = json.loads((step_dir / tree.STRUCTURE_FILE).read_text())["structure"]
+    structure = json.loads((step_dir / STRUCTURE_FILE).read_text())["structure"]
     base = structure["v"][structure["k"].index("base")]
     blocks = [name for name, _ in base["v"][base["k"].index("frozen")]["tensors"]]
     assert len(blocks) == 2
@@ -189,10 +196,10 @@ def test_off_keeps_the_single_file_layout_and_both_layouts_restore(tmp_path):
     run = tmp_path / "run"
     with CheckpointManager(run, incremental=False, max_to_keep=None) as mgr:
         mgr.save(0, state(0))
-    assert (run / "step_00000000" / tree.ARRAYS_FILE).exists()
+    assert (run / "step_00000000" / ARRAYS_FILE).exists()
     with CheckpointManager(run, on_existing="resume", incremental=True, max_to_keep=None) as mgr:
         mgr.save(1, state(1))  # nothing to share with a single-file step: written whole
-        assert (Path(mgr.path(1)) / tree.INDEX_FILE).exists()
+        assert (Path(mgr.path(1)) / INDEX_FILE).exists()
         for s in (0, 1):
             np.testing.assert_array_equal(mgr.restore(s)["adapter"], state(s)["adapter"])
     assert ckpt_main(["show", str(run), "1"]) == 0
