@@ -36,10 +36,12 @@ STRUCTURE_VERSION = 1
 # `arrays-00001.safetensors`, ... and an index mapping every tensor to its shard.
 INDEX_FILE = "arrays.safetensors.index.json"
 SHARD_FILE = "arrays-{:05d}.safetensors"
-# Arrays above BLOCK_BYTES are cut along their first axis into row blocks, each its own
-# tensor, so a ring buffer where a band of rows changed rewrites only the blocks of that
-# band; small leaves are packed into shards of about SHARD_BYTES. 1 MiB keeps a shard's
-# fsync cheap and a 10,000-row band of a (1M, 8) float32 buffer within two blocks.
+# Arrays above CUT_BYTES are cut along their first axis into row blocks of BLOCK_BYTES, each
+# its own tensor, so a ring buffer where a band of rows changed rewrites only the blocks of
+# that band (a 10,000-row band of a (1M, 8) float32 buffer: at most two blocks). Smaller
+# leaves stay whole, packed into shards of about SHARD_BYTES: every file costs an open and an
+# fsync, so a state of 8 MiB leaves is not split into four times as many files.
+CUT_BYTES = 8 << 20
 BLOCK_BYTES = 2 << 20
 SHARD_BYTES = 2 << 20
 
@@ -300,7 +302,7 @@ def _pieces(enc: Encoded) -> tuple[list[_Piece], dict[str, list[list[Any]]]]:
     for a in enc.arrays:
         data = _as_bytes(a.data)
         rows = a.shape[0] if a.shape else 0
-        if len(data) <= BLOCK_BYTES or rows < 2:
+        if len(data) <= CUT_BYTES or rows < 2:
             pieces.append(_Piece(a, data))
             tensors[a.name] = [[a.name, rows]]
             continue

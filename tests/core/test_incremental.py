@@ -31,7 +31,7 @@ ARRAYS_FILE, INDEX_FILE, STRUCTURE_FILE = (
     "tree.json",
 )
 
-FROZEN = np.random.default_rng(0).standard_normal((1024, 1024), dtype=np.float32)  # 4 MiB
+FROZEN = np.random.default_rng(0).standard_normal((4096, 1024), dtype=np.float32)  # 16 MiB
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -93,15 +93,15 @@ def test_unchanged_leaves_are_shared_not_written(where, bytes_written):
 
 
 def test_ring_buffer_band_rewrites_only_its_blocks(where, bytes_written):
-    buffer = np.zeros((400_000, 8), dtype=np.float32)  # 12.8 MB, written as a ring
+    buffer = np.zeros((1_000_000, 8), dtype=np.float32)  # 32 MB, written as a ring
     with CheckpointManager(where, incremental=True, max_to_keep=2) as mgr:
         mgr.save(0, {"replay": buffer, "cursor": 0})
         for s in range(1, 4):
             bytes_written[0] = 0
-            cursor = s * 4_000
-            buffer[cursor : cursor + 4_000] = s
+            cursor = s * 60_000  # the third band crosses a row block boundary
+            buffer[cursor : cursor + 10_000] = s
             mgr.save(s, {"replay": buffer, "cursor": cursor})
-            assert bytes_written[0] <= 0.2 * buffer.nbytes, (s, bytes_written[0])
+            assert bytes_written[0] <= 0.15 * buffer.nbytes, (s, bytes_written[0])
         np.testing.assert_array_equal(mgr.restore()["replay"], buffer)
 
 
@@ -116,7 +116,7 @@ def test_each_step_restores_alone_after_the_others_are_deleted(where):
         assert mgr.all_steps() == [1]
         mgr.verify(1)
         like = {
-            "base": {"frozen": torch.empty(1024, 1024, device="meta"), "embedding": np.zeros(1)},
+            "base": {"frozen": torch.empty(4096, 1024, device="meta"), "embedding": np.zeros(1)},
             "adapter": torch.zeros(64, 64),
             "step": 0,
         }
@@ -154,7 +154,7 @@ def test_shards_open_with_safetensors_and_blocks_reassemble(tmp_path):
     structure = json.loads((step_dir / STRUCTURE_FILE).read_text())["structure"]
     base = structure["v"][structure["k"].index("base")]
     blocks = [name for name, _ in base["v"][base["k"].index("frozen")]["tensors"]]
-    assert len(blocks) == 2
+    assert len(blocks) == 8
     np.testing.assert_array_equal(np.concatenate([tensors[b] for b in blocks]), FROZEN)
     np.testing.assert_array_equal(tensors["adapter"], state(0)["adapter"])
 
