@@ -421,7 +421,18 @@ def shard_layout(reader: StepReader, saved_arrays: dict[str, Any]) -> ShardLayou
             raise bad(f"the row blocks of array {name!r} do not add up to {shape[0]} rows")
     if set(weight_map) != set(tensors):
         raise bad(f"tensors {sorted(set(weight_map) ^ set(tensors))[:5]} are in only one of them")
-    return ShardLayout(sorted(set(weight_map.values())), full, tensors)
+    shards = sorted(set(weight_map.values()))
+    # Nothing is allocated for more bytes than the shards hold (tree.json may be damaged).
+    stored = sum(_entry_bytes(entry) for entry in full.values())
+    if stored > sum(reader.manifest.files[shard].size for shard in shards):
+        raise bad(f"its arrays need {stored} bytes, more than the shards hold")
+    return ShardLayout(shards, full, tensors)
+
+
+def _entry_bytes(entry: dict[str, Any]) -> int:
+    return (
+        int(np.prod(entry["shape"], dtype=np.int64)) * numpy_dtype(_NAMES[entry["dtype"]]).itemsize
+    )
 
 
 def _read_shards(
