@@ -432,7 +432,7 @@ def _tree_listing(reader: StepReader) -> TreeListing:
         tree._collect_arrays(structure, saved)
         full = tree.shard_layout(reader, saved).full  # from tree.json: no shard is opened
         header = {
-            name: {**entry, "data_offsets": [0, _array_bytes(entry)]}
+            name: {**entry, "data_offsets": [0, tree._entry_bytes(entry)]}
             for name, entry in full.items()
         }
     else:
@@ -467,12 +467,6 @@ def _tree_listing(reader: StepReader) -> TreeListing:
     return TreeListing(
         entries, f"the safetensors header of {tree.ARRAYS_FILE} and {tree.STRUCTURE_FILE}"
     )
-
-
-def _array_bytes(entry: dict[str, Any]) -> int:
-    from .formats import tree
-
-    return math.prod(entry["shape"]) * tree.numpy_dtype(tree._NAMES[entry["dtype"]]).itemsize
 
 
 def _safetensors_header(reader: StepReader, name: str) -> dict[str, Any]:

@@ -581,6 +581,8 @@ class CheckpointManager:
         step = self._resolve_step(step)
         manifest = self._manifest(step)
         main = getattr(get_format(manifest.format), "main_file", None)
+        if main and main not in manifest.files and f"{main}.index.json" in manifest.files:
+            main = f"{main}.index.json"  # a sharded (incremental) step: its index names the rest
         parts = [layout.step_dirname(step), manifest.payload_dir, main or ""]
         return self.path_of("/".join(p for p in parts if p))
 

@@ -144,6 +144,7 @@ def test_shards_open_with_safetensors_and_blocks_reassemble(tmp_path):
     with CheckpointManager(tmp_path, incremental=True) as mgr:
         mgr.save(0, state(0))
         step_dir = Path(mgr.path(0))
+        assert mgr.payload_path(0) == step_dir / INDEX_FILE
     assert not (step_dir / ARRAYS_FILE).exists()
     index = json.loads((step_dir / INDEX_FILE).read_text())
     tensors = {}
