@@ -20,8 +20,14 @@ def write_step(
     step: int,
     metrics: Mapping[str, float] | None = None,
     metadata: Any = None,
+    incremental: bool = False,
+    base: tuple[str, Manifest] | None = None,
 ) -> Manifest:
     """Write `state` as the step directory `name` and commit it atomically.
+
+    With `incremental`, a format that supports it (`tree`) writes its payload in parts and
+    takes the parts that are unchanged since `base` (the previous committed step: its
+    directory name and manifest) from it instead of writing them.
 
     On any failure everything this write produced is removed and the error is raised (a full
     disk as `DiskFullError`); the directory is as it was, earlier steps untouched.
@@ -29,6 +35,10 @@ def write_step(
     writer = None
     try:
         writer = storage.begin_step(name)
+        writer.incremental = incremental
+        if incremental and base is not None:
+            writer.base_files = dict(base[1].files)
+            writer.base_dir = "/".join(p for p in (base[0], base[1].payload_dir) if p)
         fmt.write(state, writer)
         files = writer.seal()
         if layout.MANIFEST in files:

@@ -440,7 +440,16 @@ def _tree_listing(reader: StepReader) -> TreeListing:
     from .formats import tree
 
     structure = tree.read_structure(reader)  # small; checksummed as a whole
-    header = _safetensors_header(reader, tree.ARRAYS_FILE)
+    if tree.INDEX_FILE in reader.manifest.files:  # an incremental save: shards, row blocks
+        saved: dict[str, Any] = {}
+        tree._collect_arrays(structure, saved)
+        full = tree.shard_layout(reader, saved).full  # from tree.json: no shard is opened
+        header = {
+            name: {**entry, "data_offsets": [0, tree._entry_bytes(entry)]}
+            for name, entry in full.items()
+        }
+    else:
+        header = _safetensors_header(reader, tree.ARRAYS_FILE)
     try:
         described = tree.describe(structure, header)
     except (KeyError, TypeError, ValueError) as e:

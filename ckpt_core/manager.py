@@ -116,6 +116,11 @@ class CheckpointManager:
             `keep_period` (oldest first), then by best rank (worst first). The latest and the
             best step are never deleted for it; an `OverBudgetWarning` says when they alone
             exceed it.
+        incremental: a `tree` save writes its arrays as sharded safetensors files (large
+            arrays in row blocks) and takes every shard unchanged since the previous
+            committed step from it (a hard link on a local disk, a server-side copy on an
+            object store) instead of writing it. Each step still restores on its own. Off by
+            default: a damaged shared file damages every step that holds it.
 
     Raises:
         CheckpointExistsError: steps exist and `on_existing="error"`.
@@ -146,6 +151,7 @@ class CheckpointManager:
         allow_pickle: bool = False,
         storage_options: dict[str, Any] | None = None,
         max_bytes: int | str | None = None,
+        incremental: bool = False,
     ) -> None:
         self._policy = RetentionPolicy(
             max_to_keep,
@@ -168,6 +174,7 @@ class CheckpointManager:
             ("read_only", read_only),
             ("async_save", async_save),
             ("allow_pickle", allow_pickle),
+            ("incremental", incremental),
         ):
             check_bool(name, flag)
         check_mapping("storage_options", storage_options)
@@ -194,6 +201,7 @@ class CheckpointManager:
         self._save_interval_steps = save_interval_steps
         self._save_interval_secs = save_interval_secs
         self._async = async_save
+        self._incremental = incremental
         self._allow_pickle = allow_pickle
         self._read_only = read_only
         self._storage: Storage = open_storage(directory, storage_options)
@@ -512,7 +520,15 @@ class CheckpointManager:
     ) -> None:
         name = layout.step_dirname(step)
         manifest = write_step(
-            self._storage, name, fmt, state, step=step, metrics=metrics, metadata=metadata
+            self._storage,
+            name,
+            fmt,
+            state,
+            step=step,
+            metrics=metrics,
+            metadata=metadata,
+            incremental=self._incremental,
+            base=self._incremental_base(),
         )
         try:
             with self._mutex:
@@ -542,6 +558,15 @@ class CheckpointManager:
         if problem is not None and not self._over_budget_warned:
             warnings.warn(f"{self._storage.root}: {problem}", OverBudgetWarning, stacklevel=4)
         self._over_budget_warned = problem is not None
+
+    def _incremental_base(self) -> tuple[str, Manifest] | None:
+        """The previous committed step, whose unchanged files an incremental save shares."""
+        latest = self.latest_step() if self._incremental else None
+        if latest is None:
+            return None
+        name = layout.step_dirname(latest)
+        manifest = self._read_manifest(name, quiet=True)
+        return None if manifest is None else (name, manifest)
 
     def _refresh_pointers(self) -> None:
         """Keep the `latest` and `best` pointer files current (for people and tools)."""
@@ -611,6 +636,8 @@ class CheckpointManager:
         step = self._resolve_step(step)
         manifest = self._manifest(step)
         main = getattr(get_format(manifest.format), "main_file", None)
+        if main and main not in manifest.files and f"{main}.index.json" in manifest.files:
+            main = f"{main}.index.json"  # a sharded (incremental) step: its index names the rest
         parts = [layout.step_dirname(step), manifest.payload_dir, main or ""]
         return self.path_of("/".join(p for p in parts if p))
 

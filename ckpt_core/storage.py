@@ -141,7 +141,9 @@ class VerifyingReader(io.RawIOBase):
 
     def verify(self) -> None:
         """Read whatever is left, then compare size and checksum with the manifest."""
-        sink = bytearray(CHUNK)
+        # No bigger than what is left (plus a byte to see the end): a fully read file, as
+        # the shards of an incremental step are, must not cost an 8 MiB allocation each.
+        sink = bytearray(max(1, min(CHUNK, self._expected.size - self.size + 1)))
         while self.readinto(sink):
             pass
         check_record(self.name, FileRecord(self.size, self._hash.hexdigest()), self._expected)
@@ -277,10 +279,32 @@ class StepWriter(ABC):
 
     def __init__(self) -> None:
         self.files: dict[str, FileRecord] = {}
+        # Incremental saves: the payload files of the previous committed step, and where its
+        # payload lies (relative to the run directory). Empty: nothing to share with.
+        self.incremental = False
+        self.base_files: dict[str, FileRecord] = {}
+        self.base_dir = ""
+        self.shared: list[str] = []  # payload files taken from the base instead of written
 
     @abstractmethod
     def open(self, name: str) -> BinaryIO:
         """A new payload file `name` (may contain `/`); closing it makes it durable."""
+
+    def share(self, name: str, record: FileRecord) -> bool:
+        """Take payload file `name` from the base step instead of writing it, if the base holds
+        a file of that name with the same size and checksum (a hard link on a local disk, a
+        server-side copy on an object store). False: the caller writes it."""
+        if self.base_files.get(name) != record:
+            return False
+        if not self._share(f"{self.base_dir}/{name}" if self.base_dir else name, name):
+            return False
+        self.files[name] = record
+        self.shared.append(name)
+        return True
+
+    def _share(self, source: str, name: str) -> bool:
+        """Make `name` a copy of the committed file `source` without writing its bytes."""
+        return False
 
     @abstractmethod
     def local_dir(self) -> Path:
@@ -598,6 +622,21 @@ class _LocalStepWriter(StepWriter):
             self.files[name] = record
 
         return HashingWriter(raw, str(target), done)  # type: ignore[return-value]
+
+    def _share(self, source: str, name: str) -> bool:
+        target = self._tmp / name
+        if target.parent != self._tmp:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(target.parent)
+        try:
+            # The base is committed and never written again, only unlinked: both steps hold
+            # the same bytes, and deleting either leaves the other whole.
+            os.link(self._storage.path / source, target)
+        except OSError as e:
+            if e.errno in (errno.EMLINK, errno.EPERM, errno.EXDEV, errno.EOPNOTSUPP, errno.ENOENT):
+                return False  # too many links, or a filesystem without them: write a copy
+            raise
+        return True
 
     def local_dir(self) -> Path:
         return self._tmp

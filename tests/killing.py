@@ -17,7 +17,10 @@ itself, so whatever survives can be checked exactly. The scenarios:
 * `replace-without-exchange`: the same where the filesystem cannot swap two directories
   atomically (renameat2 RENAME_EXCHANGE), so the core moves the old step aside first;
 * `overwrite`: every start opens with `on_existing="overwrite"`, removing what the previous
-  child left, and starts again at step 1.
+  child left, and starts again at step 1;
+* `incremental`: as `plain` with `incremental=True` and a leaf that never changes, so every
+  save hard-links shards of the previous step and retention deletes steps whose files later
+  steps share.
 
 The child writes progress markers (`opened`, `saving C`, `committed C`, `prune-begin`,
 `prune-end`) to a file, unbuffered; the parent reads them after the kill to check durability
@@ -42,17 +45,20 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 ELEMENTS = 1 << 19  # 2 MiB of float32 per array: a save takes a few milliseconds
 REPLACE_SLOTS = 3
-SCENARIOS = ("plain", "prune", "replace", "replace-without-exchange", "overwrite")
+SCENARIOS = ("plain", "prune", "replace", "replace-without-exchange", "overwrite", "incremental")
+FROZEN_ELEMENTS = 1 << 19  # the `incremental` scenario's unchanging leaf: 2 MiB, two row blocks
 # The longest random delay between the child's warm-up and the kill: orbax saves are slower
 # (~0.1 s each), so its kills spread over a longer window.
 MAX_DELAY = {"tree": 0.3, "torch": 0.4, "orbax": 1.0, "pickle": 0.3}
 TEMPORARY_PREFIXES = (".tmp-", ".old-")
 
 
-def expected_state(step: int, fmt: str) -> dict:
+def expected_state(step: int, fmt: str, scenario: str = "plain") -> dict:
     """The state saved with content id `step`: a pure function of it."""
     rng = np.random.default_rng(step)
     arrays = {"a": rng.standard_normal(ELEMENTS, dtype=np.float32), "b": np.full(7, step, np.int64)}
+    if scenario == "incremental":
+        arrays["frozen"] = np.arange(FROZEN_ELEMENTS, dtype=np.float32)
     if fmt == "torch":
         import torch
 
@@ -74,6 +80,8 @@ def scenario_options(scenario: str) -> dict[str, Any]:
         return {"max_to_keep": None}
     if scenario == "overwrite":
         return {"max_to_keep": 3}
+    if scenario == "incremental":
+        return {"max_to_keep": 3, "keep_period": 10, "incremental": True}
     raise ValueError(f"unknown scenario {scenario!r}; expected one of {SCENARIOS}")
 
 
@@ -147,7 +155,7 @@ def child(directory: str, fmt: str, mode: str, on_existing: str, scenario: str =
     else:
         content = (mgr.latest_step() or 0) + 1
     while True:
-        state = expected_state(content, fmt)
+        state = expected_state(content, fmt, scenario)
         _say(f"saving {content}")
         mgr.save(
             step_of(content, scenario),
@@ -267,7 +275,7 @@ def check_directory(
             got = as_numpy(mgr.restore(step))
             content = int(got["step"])
             contents[step] = content
-            want = as_numpy(expected_state(content, fmt))
+            want = as_numpy(expected_state(content, fmt, scenario))
             if set(got) != set(want) or any(not np.array_equal(got[k], want[k]) for k in want):
                 problems.append(f"{directory}: step {step} differs from what was saved")
             if step_of(content, scenario) != step:
