@@ -128,6 +128,9 @@ class RunnerConfig:
         keep_period: checkpoints whose step is a multiple of this are never deleted.
         max_bytes: a disk budget for the run's checkpoints (int bytes or e.g. `"20GB"`); see
             `CheckpointManager(max_bytes=...)`.
+        incremental: write only the parts of a checkpoint that changed since the previous one
+            (a replay buffer's new rows, the weights that moved); see
+            `CheckpointManager(incremental=...)`.
         resume: continue from the latest checkpoint in `checkpoint_dir` if there is one.
         overwrite: delete the checkpoints already in `checkpoint_dir` and start over.
             `resume` and `overwrite` together are an error; with neither, an existing run in
@@ -159,6 +162,7 @@ class RunnerConfig:
     max_checkpoints: int | None = 5
     keep_period: int | None = None
     max_bytes: int | str | None = None
+    incremental: bool = False
     resume: bool = False
     overwrite: bool = False
     best_metric: str | None = None
@@ -178,6 +182,7 @@ class RunnerConfig:
         object.__setattr__(self, "max_bytes", parse_size("max_bytes", self.max_bytes))
         _check_int("seed", self.seed, 0, "0")
         _check_int("metric_window", self.metric_window, 1, "100 (episodes)")
+        check_bool("incremental", self.incremental)
         check_bool("resume", self.resume)
         check_bool("overwrite", self.overwrite)
         check_mapping("storage_options", self.storage_options)
@@ -723,6 +728,7 @@ class CkptRunnerHook:
             max_to_keep=c.max_checkpoints,
             keep_period=c.keep_period,
             max_bytes=c.max_bytes,
+            incremental=c.incremental,
             best_fn=c.best_metric,
             best_mode=c.best_mode,
             on_existing=on_existing,

@@ -836,3 +836,38 @@ def test_max_bytes_keeps_the_run_within_its_budget(tmp_path):
         assert ro.size_bytes() <= 60_000
     with pytest.raises(ValueError, match="max_bytes"):
         RunnerConfig(total_timesteps=10, max_bytes="12 parsecs")
+
+
+def test_incremental_checkpoints_share_what_did_not_change_and_resume_alike(tmp_path):
+    class WithFrozenFeatures(TabularQAgent):
+        """A tabular agent that also carries 4 MiB of features it never changes."""
+
+        def state_dict(self) -> dict[str, Any]:
+            features = np.random.default_rng(0).standard_normal((1024, 1024), np.float32)
+            return {**super().state_dict(), "features": features}
+
+        def load_state_dict(self, state: Any) -> None:
+            super().load_state_dict({k: v for k, v in state.items() if k != "features"})
+
+    env = gym.make("FrozenLake-v1")
+
+    def train(directory: Path, total: int, incremental: bool) -> RunResult:
+        config = RunnerConfig(
+            total_timesteps=total,
+            checkpoint_dir=directory,
+            checkpoint_interval=500,
+            max_checkpoints=None,
+            resume=True,
+            incremental=incremental,
+        )
+        return run(env, WithFrozenFeatures(env.observation_space, env.action_space), config)
+
+    straight = train(tmp_path / "full", 3_000, incremental=False)
+    train(tmp_path / "inc", 1_500, incremental=True)
+    resumed = train(tmp_path / "inc", 3_000, incremental=True)
+    assert resumed.episode_returns == straight.episode_returns
+    shards = list((tmp_path / "inc").glob("step_*/arrays-*.safetensors"))
+    assert any(p.stat().st_nlink > 1 for p in shards)  # the features: written once, shared
+    full = sum(p.stat().st_size for p in (tmp_path / "full").rglob("*") if p.is_file())
+    on_disk = {(p.stat().st_dev, p.stat().st_ino): p.stat().st_size for p in shards}
+    assert sum(on_disk.values()) < full / 2
