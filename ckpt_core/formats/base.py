@@ -137,8 +137,13 @@ def resolve_format(fmt: str | Format, state: Any) -> Format:
     return get_format(fmt) if isinstance(fmt, str) else fmt
 
 
+_BUILTIN_FORMATS = frozenset({"tree", "torch", "orbax", "pickle"})
+
+
 def _load_builtin_formats() -> None:
-    if "tree" not in _REGISTRY:
+    # All four, not only "tree": a program that imported one format module first (e.g.
+    # ckpt_core.formats.tree) has that one registered and must still find the others.
+    if not _REGISTRY.keys() >= _BUILTIN_FORMATS:
         from . import orbax, pickle, torch, tree  # noqa: F401  (each module registers itself)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -321,3 +323,13 @@ def test_async_jax_save_survives_buffer_donation(run_dir, fmt):
         mgr.wait()
         for s in range(3):
             np.testing.assert_array_equal(np.asarray(mgr.restore(s)["x"]), np.arange(1000.0) + s)
+
+
+def test_importing_one_format_module_first_leaves_every_format_available():
+    code = (
+        "import ckpt_core.formats.tree\n"
+        "from ckpt_core import get_format\n"
+        "print(sorted(get_format(n).name for n in ('tree', 'torch', 'orbax', 'pickle')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "['orbax', 'pickle', 'torch', 'tree']", out.stderr[-500:]
