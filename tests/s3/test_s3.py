@@ -701,3 +701,43 @@ def test_a_missing_bucket_is_a_clear_error(s3_server):
     url = "s3://no-such-bucket-ckpt/run"
     with pytest.raises(FileNotFoundError, match=r"s3://no-such-bucket-ckpt/run.*create the bucket"):
         CheckpointManager(url, storage_options=s3_server.storage_options())
+
+
+# ---------------------------------------------------------------- incremental saves
+
+
+def test_incremental_saves_copy_unchanged_shards_server_side(s3_run, monkeypatch):
+    from ckpt_core import fsspec_storage
+
+    uploaded: list[str] = []
+    copied: list[str] = []
+    open_for_upload = fsspec_storage._ObjectStepWriter.open
+    share = fsspec_storage._ObjectStepWriter._share
+
+    def counting_open(self: Any, name: str) -> Any:
+        uploaded.append(name)
+        return open_for_upload(self, name)
+
+    def counting_share(self: Any, source: str, name: str) -> bool:
+        copied.append(name)
+        return share(self, source, name)
+
+    monkeypatch.setattr(fsspec_storage._ObjectStepWriter, "open", counting_open)
+    monkeypatch.setattr(fsspec_storage._ObjectStepWriter, "_share", counting_share)
+    frozen = np.random.default_rng(0).standard_normal((1024, 2048), np.float32)  # 8 MiB
+    with CheckpointManager(s3_run.url, incremental=True, storage_options=s3_run.options) as mgr:
+        mgr.save(1, {"frozen": frozen, "head": np.zeros(4)})
+        first = sorted(n for n in uploaded if n.startswith("arrays-"))
+        uploaded.clear()
+        mgr.save(2, {"frozen": frozen, "head": np.ones(4)})
+    shards_of_2 = [k for k in s3_run.step_keys(2) if "/arrays-" in k]
+    assert len(first) >= 2 and len(shards_of_2) == len(first)
+    # Only the shard holding `head` went up again; the frozen blocks were copied by the server.
+    assert len([n for n in uploaded if n.startswith("arrays-")]) == 1
+    assert len(copied) == len(first) - 1
+    with CheckpointManager(s3_run.url, read_only=True, storage_options=s3_run.options) as ro:
+        for key in s3_run.step_keys(1):  # every object of step 1: the copies are independent
+            s3_run.delete(key)
+        ro.reload()
+        restored = ro.restore(2)
+        assert np.array_equal(restored["frozen"], frozen) and restored["head"].sum() == 4
