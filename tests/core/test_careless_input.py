@@ -213,8 +213,10 @@ def test_a_missing_directory_opened_read_only_is_not_found_and_not_created(tmp_p
 
 
 @pytest.fixture
-def read_only_dir(tmp_path):
-    """A directory that really cannot be written: a read-only tmpfs as root, else mode 0o500."""
+def read_only_dir(tmp_path, monkeypatch):
+    """A directory that cannot be written: a read-only tmpfs as root, else mode 0o500; as root
+    where mount is not permitted, EROFS injected into every mkdir and open for writing below it
+    (as the disk-full suite injects ENOSPC)."""
     where = tmp_path / "ro"
     where.mkdir()
     if os.geteuid() != 0:
@@ -226,11 +228,33 @@ def read_only_dir(tmp_path):
         ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(where)], capture_output=True
     )
     if mounted.returncode != 0:
-        pytest.skip("running as root, and mount is not permitted: no read-only filesystem")
+        _inject_read_only(monkeypatch, where)
+        yield where
+        return
     try:
         yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def _inject_read_only(monkeypatch: pytest.MonkeyPatch, where: Path) -> None:
+    real_mkdir, real_open = os.mkdir, os.open
+
+    def refuse(path: Any) -> None:
+        if str(os.fspath(path)).startswith(str(where)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+
+    def mkdir(path: Any, *args: Any, **kwargs: Any) -> None:
+        refuse(path)
+        real_mkdir(path, *args, **kwargs)
+
+    def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            refuse(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(os, "open", open_)
 
 
 def test_a_read_only_filesystem_is_named_with_a_hint(read_only_dir):
