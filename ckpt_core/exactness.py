@@ -10,7 +10,6 @@ scalars are all handled without importing a framework here.
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 import pickle
 import signal
@@ -198,6 +197,8 @@ def _call_in_subprocess(
             f"check_resume_is_exact(in_subprocess=True) cannot send {train!r} to a new "
             f"process ({type(e).__name__}: {e}). HINT: pass a function defined at module level."
         ) from None
+    import multiprocessing  # only here: the in-process check needs none of it
+
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
     child = context.Process(target=_child, args=(train, directory, steps, kill, send))

@@ -29,7 +29,7 @@ from .formats.base import StepReader
 from .info import CheckpointInfo
 from .manifest import Manifest
 from .retention import StepFiles
-from .storage import Storage, open_storage
+from .storage import Storage, open_storage, step_files
 
 MAX_RUN_DEPTH = 8  # how deep `find_runs` looks for nested runs below the directory it is given
 MAX_TREE_ENTRIES = 100_000  # a hostile pickle can name one object 2**50 times: stop listing early
@@ -79,14 +79,6 @@ class RunListing:
     @property
     def complete(self) -> bool:
         return bool(self.run_doc.get("complete", False))
-
-
-def step_files(storage: Storage, manifest: Manifest) -> StepFiles:
-    """A committed step's payload files by identity (hard links share one), for the budget."""
-    base = "/".join(p for p in (layout.step_dirname(manifest.step), manifest.payload_dir) if p)
-    return {
-        storage.file_identity(f"{base}/{name}"): rec.size for name, rec in manifest.files.items()
-    }
 
 
 def open_directory(directory: str | os.PathLike[str]) -> Storage:

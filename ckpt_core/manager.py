@@ -42,12 +42,11 @@ from .errors import (
 )
 from .formats.base import Format, SnapshotBuffers, StepReader, get_format, resolve_format
 from .info import CheckpointInfo
-from .inspect import step_files
 from .lock import Lock
 from .manifest import Manifest, check_metadata, to_float_metrics
 from .retention import BestFn, RetentionPolicy, StepFiles, committed_bytes
 from .signals import check_save_on_signals
-from .storage import Storage, disk_full_error, new_token, open_storage
+from .storage import Storage, disk_full_error, new_token, open_storage, step_files
 
 OnExisting = Literal["error", "resume", "overwrite"]
 StepSpec = int | Literal["latest", "best"] | None

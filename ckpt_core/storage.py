@@ -26,7 +26,7 @@ import shutil
 import sys
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Hashable, Iterator
+from collections.abc import Collection, Hashable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -37,7 +37,7 @@ from ._options import describe
 from .directio import DirectFile
 from .errors import CheckpointNotFoundError, CorruptCheckpointError, DiskFullError
 from .lock import FileLock, Lock
-from .manifest import FileRecord
+from .manifest import FileRecord, Manifest
 
 CHUNK = 8 << 20  # bytes per read/write call when copying streams
 OVERLAP_BYTES = 4 << 20  # writes at least this large are hashed on another thread meanwhile
@@ -269,6 +269,14 @@ def directory_errors_explained(directory: Path) -> Iterator[None]:
         if code == errno.ENOENT:
             raise CheckpointNotFoundError(message) from e
         raise OSError(code, message) from e
+
+
+def step_files(storage: Storage, manifest: Manifest) -> Mapping[Hashable, int]:
+    """A committed step's payload files by identity (hard links share one), for the budget."""
+    base = "/".join(p for p in (layout.step_dirname(manifest.step), manifest.payload_dir) if p)
+    return {
+        storage.file_identity(f"{base}/{name}"): rec.size for name, rec in manifest.files.items()
+    }
 
 
 # ---------------------------------------------------------------- the interface
