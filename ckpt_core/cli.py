@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__, layout
-from ._options import parse_size
 from .errors import CheckpointError, CorruptCheckpointError
 from .formats.base import StepReader
 from .info import CheckpointInfo
@@ -44,6 +43,7 @@ from .inspect import (
     scan_run,
 )
 from .manifest import CHECKSUM, Manifest
+from .options import parse_size
 from .retention import OVER_BUDGET, RetentionPolicy, committed_bytes
 from .storage import Storage
 

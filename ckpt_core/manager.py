@@ -21,15 +21,6 @@ from types import FrameType, TracebackType
 from typing import Any, Literal
 
 from . import layout
-from ._options import (
-    check_bool,
-    check_choice,
-    check_int,
-    check_mapping,
-    check_seconds,
-    describe,
-    parse_size,
-)
 from .commit import write_step
 from .errors import (
     CheckpointError,
@@ -44,32 +35,23 @@ from .formats.base import Format, SnapshotBuffers, StepReader, get_format, resol
 from .info import CheckpointInfo
 from .lock import Lock
 from .manifest import Manifest, check_metadata, to_float_metrics
+from .options import (
+    OnExisting,
+    check_bool,
+    check_choice,
+    check_int,
+    check_mapping,
+    check_seconds,
+    describe,
+    parse_size,
+)
 from .retention import BestFn, RetentionPolicy, StepFiles, committed_bytes
 from .signals import check_save_on_signals
 from .storage import Storage, disk_full_error, new_token, open_storage, step_files
 
-OnExisting = Literal["error", "resume", "overwrite"]
 StepSpec = int | Literal["latest", "best"] | None
 
 _LIVE: weakref.WeakSet[CheckpointManager] = weakref.WeakSet()
-
-
-def on_existing_from_flags(resume: bool, overwrite: bool, *, caller: str) -> OnExisting:
-    """The `on_existing` option for an adapter's `resume` and `overwrite` flags.
-
-    Raises:
-        TypeError: one is not a bool (`resume="no"` must not resume).
-        ValueError: both are set; the message names `caller`, e.g. "CkptCallback".
-    """
-    check_bool("resume", resume)
-    check_bool("overwrite", overwrite)
-    if resume and overwrite:
-        raise ValueError(
-            f"{caller} got resume=True and overwrite=True; they exclude each other. HINT: "
-            "resume=True continues the run in the directory, overwrite=True deletes its "
-            "checkpoints and starts over; pass only one."
-        )
-    return "resume" if resume else "overwrite" if overwrite else "error"
 
 
 class CheckpointManager:

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from . import _tree
-from ._options import describe
 from .errors import CorruptCheckpointError
+from .options import describe
 
 MANIFEST_VERSION = 1
 CHECKSUM = "xxh3_64"

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from . import layout
-from ._options import check_bool, describe
 from .commit import write_step
 from .errors import (
     CheckpointExistsError,
@@ -24,6 +23,7 @@ from .errors import (
 from .formats.base import Format, StepReader, get_format, resolve_format
 from .manager import CheckpointManager
 from .manifest import Manifest, check_metadata, to_float_metrics
+from .options import check_bool, describe
 from .replication import replicate, strip_device_axis
 from .retention import RetentionPolicy
 from .storage import Storage, open_storage

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _tree
-from ._options import check_int
+from .options import check_int
 
 
 def strip_device_axis(tree: Any) -> Any:

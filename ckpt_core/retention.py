@@ -25,7 +25,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from ._options import check_choice, check_int, describe, parse_size
+from .options import check_choice, check_int, describe, parse_size
 
 BestFn = str | Callable[[Mapping[str, float]], float]
 KEEP_REASONS = ("latest", "recent", "period", "best")

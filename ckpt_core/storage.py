@@ -33,11 +33,11 @@ from typing import Any, BinaryIO
 import xxhash
 
 from . import layout
-from ._options import describe
 from .directio import DirectFile
 from .errors import CheckpointNotFoundError, CorruptCheckpointError, DiskFullError
 from .lock import FileLock, Lock
 from .manifest import FileRecord, Manifest
+from .options import describe
 
 CHUNK = 8 << 20  # bytes per read/write call when copying streams
 OVERLAP_BYTES = 4 << 20  # writes at least this large are hashed on another thread meanwhile

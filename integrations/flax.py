@@ -33,8 +33,7 @@ import numpy as np
 from flax import nnx
 
 from ckpt_core import CheckpointManager
-from ckpt_core._options import check_bool, check_int, check_seconds
-from ckpt_core.manager import on_existing_from_flags
+from ckpt_core.options import check_bool, check_int, check_seconds, on_existing_from_flags
 from ckpt_core.replication import replicate
 from ckpt_core.replication import strip_device_axis as _strip_device_axis
 from ckpt_core.signals import check_save_on_signals

@@ -74,9 +74,14 @@ import gymnasium as gym
 import numpy as np
 
 from ckpt_core import CheckpointManager, StructureMismatchError, UnrankedStepWarning
-from ckpt_core._options import check_bool, check_mapping, describe, parse_size
-from ckpt_core.manager import on_existing_from_flags
 from ckpt_core.optimizer_state import complete_optimizer_state
+from ckpt_core.options import (
+    check_bool,
+    check_mapping,
+    describe,
+    on_existing_from_flags,
+    parse_size,
+)
 from ckpt_core.rng import global_rng_state, set_global_rng_state
 from ckpt_core.signals import check_save_on_signals
 

@@ -43,16 +43,16 @@ from ckpt_core import (
     CorruptCheckpointError,
     UnrankedStepWarning,
 )
-from ckpt_core._options import (
+from ckpt_core.layout import parse_step
+from ckpt_core.options import (
     check_bool,
     check_int,
     check_mapping,
     check_seconds,
     describe,
+    on_existing_from_flags,
     parse_size,
 )
-from ckpt_core.layout import parse_step
-from ckpt_core.manager import on_existing_from_flags
 from ckpt_core.signals import check_save_on_signals
 from integrations._torch_data import EpochReplay, describe_loader, unreplayable_reason
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 import numbers
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
+
+OnExisting = Literal["error", "resume", "overwrite"]
+"""What opening an existing run directory does: refuse, continue it, or start over."""
 
 
 def describe(value: Any) -> str:
@@ -118,3 +121,21 @@ def parse_size(name: str, value: Any) -> int | None:
     if nbytes <= 0:
         raise ValueError(f"{name} must be a positive size; found {describe(value)}. {hint}")
     return nbytes
+
+
+def on_existing_from_flags(resume: bool, overwrite: bool, *, caller: str) -> OnExisting:
+    """The `on_existing` option for an adapter's `resume` and `overwrite` flags.
+
+    Raises:
+        TypeError: one is not a bool (`resume="no"` must not resume).
+        ValueError: both are set; the message names `caller`, e.g. "CkptCallback".
+    """
+    check_bool("resume", resume)
+    check_bool("overwrite", overwrite)
+    if resume and overwrite:
+        raise ValueError(
+            f"{caller} got resume=True and overwrite=True; they exclude each other. HINT: "
+            "resume=True continues the run in the directory, overwrite=True deletes its "
+            "checkpoints and starts over; pass only one."
+        )
+    return "resume" if resume else "overwrite" if overwrite else "error"
