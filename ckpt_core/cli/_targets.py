@@ -1,0 +1,100 @@
+"""Which runs and which step a `ckpt` command acts on, from the DIR and STEP it was given."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from .. import layout
+from ..inspect import RunListing, find_runs, open_directory
+from ..storage import Storage
+from ._output import BadInput, _ranges
+from ._run_rules import _no_best_message, _retention
+
+
+def _is_url(directory: str) -> bool:
+    return "://" in directory and not directory.startswith("file://")
+
+
+def _runs(directory: str) -> list[str]:
+    """Every run at or below `directory` (URLs: the directory itself)."""
+    if _is_url(directory):
+        return [directory]
+    path = directory.removeprefix("file://")
+    try:
+        runs = find_runs(path)
+    except FileNotFoundError:
+        raise BadInput(f"{directory} does not exist") from None
+    except NotADirectoryError:
+        if os.path.basename(path) == layout.MANIFEST:
+            raise BadInput(
+                f"{directory} is a manifest file; HINT: pass the run directory (or its step "
+                "directory to `ckpt show`)"
+            ) from None
+        raise BadInput(f"{directory} is a file, not a checkpoint directory") from None
+    if not runs:
+        if os.path.isfile(os.path.join(path, layout.MANIFEST)):
+            raise BadInput(
+                f"{directory} is a single checkpoint step, not a run. HINT: `ckpt show "
+                f"{directory}`, or `ckpt ls {os.path.dirname(path.rstrip('/')) or '.'}`"
+            )
+        raise BadInput(
+            f"{directory} is not a checkpoint directory: no step_* entries in it or in its "
+            f"subdirectories (searched {_depth_note()}). HINT: pass the directory given to "
+            "CheckpointManager (or the adapter's dirpath)."
+        )
+    return runs
+
+
+def _depth_note() -> str:
+    from ..inspect import MAX_RUN_DEPTH
+
+    return f"{MAX_RUN_DEPTH} levels deep"
+
+
+def _single_run(directory: str, command: str) -> Storage:
+    """The storage of `directory`, which must itself be a run (not only hold nested ones)."""
+    runs = _runs(directory)
+    own = directory if _is_url(directory) else directory.removeprefix("file://")
+    if any(os.path.normpath(r) == os.path.normpath(own) for r in runs):
+        return open_directory(directory)
+    listed = ", ".join(os.path.relpath(r, own) for r in runs[:5])
+    more = f" and {len(runs) - 5} more" if len(runs) > 5 else ""
+    raise BadInput(
+        f"{directory} holds no steps itself but {len(runs)} nested run(s): {listed}{more}. "
+        f"HINT: `ckpt {command}` takes one run, e.g. `ckpt {command} {runs[0]}`."
+    )
+
+
+def _parse_step(text: str | None) -> int | str | None:
+    if text is None or text in ("latest", "best"):
+        return text
+    try:
+        step = int(text)
+    except ValueError:
+        raise BadInput(f"STEP must be a step number, 'latest' or 'best', got {text!r}") from None
+    if step < 0:
+        raise BadInput(f"STEP must be non-negative, got {step}")
+    return step
+
+
+def _resolve_step(listing: RunListing, wanted: int | str | None, args: argparse.Namespace) -> int:
+    committed = [i.step for i in listing.steps]
+    if wanted is None or wanted == "latest":
+        if not committed:
+            raise BadInput(f"{listing.directory} has no committed step")
+        return committed[-1]
+    if wanted == "best":
+        step = _retention(args, {}).best(listing)
+        if step is None:
+            raise BadInput(_no_best_message(listing, getattr(args, "metric", None)))
+        return step
+    assert isinstance(wanted, int)
+    if wanted in committed:
+        return wanted
+    invalid = next((o for o in listing.others if o.step == wanted and o.kind == "invalid"), None)
+    if invalid is not None:
+        raise BadInput(f"step {wanted} is not a committed step: {invalid.detail}")
+    raise BadInput(
+        f"no step {wanted} in {listing.directory}; committed steps: {_ranges(committed) or 'none'}"
+    )
