@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import layout
-from .formats.base import Format
+from .formats import Format
 from .manifest import Manifest, library_versions
 from .storage import Storage, disk_full_error
 

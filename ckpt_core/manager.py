@@ -31,7 +31,7 @@ from .errors import (
     OverBudgetWarning,
     UnrankedStepWarning,
 )
-from .formats.base import Format, SnapshotBuffers, StepReader, get_format, resolve_format
+from .formats import Format, SnapshotBuffers, StepReader, get_format, resolve_format
 from .info import CheckpointInfo
 from .lock import Lock
 from .manifest import Manifest, check_metadata, to_float_metrics

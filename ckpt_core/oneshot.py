@@ -20,7 +20,7 @@ from .errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
 )
-from .formats.base import Format, StepReader, get_format, resolve_format
+from .formats import Format, StepReader, get_format, resolve_format
 from .manager import CheckpointManager
 from .manifest import Manifest, check_metadata, to_float_metrics
 from .options import check_bool, describe

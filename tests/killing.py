@@ -176,9 +176,9 @@ def zygote(fmt: str) -> None:
     JAX is only imported here, never initialised: its thread pools would not survive a fork.
     """
     global _MARKER_FD
-    import ckpt_core.formats.base
+    import ckpt_core.formats
 
-    ckpt_core.formats.base.get_format(fmt)
+    ckpt_core.formats.get_format(fmt)
     if fmt == "torch":
         import torch  # noqa: F401
     elif fmt == "orbax":

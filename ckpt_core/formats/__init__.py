@@ -1,5 +1,19 @@
 """Checkpoint payload formats: `tree`, `torch`, `orbax`, `pickle`, and user-registered ones."""
 
-from .base import Format, StepReader, auto_format, get_format, register_format
+from .protocol import DescribableFormat, Format, TreeEntry, TreeListing
+from .reader import StepReader
+from .registry import auto_format, get_format, register_format, resolve_format
+from .snapshot import SnapshotBuffers
 
-__all__ = ["Format", "StepReader", "auto_format", "get_format", "register_format"]
+__all__ = [
+    "DescribableFormat",
+    "Format",
+    "SnapshotBuffers",
+    "StepReader",
+    "TreeEntry",
+    "TreeListing",
+    "auto_format",
+    "get_format",
+    "register_format",
+    "resolve_format",
+]

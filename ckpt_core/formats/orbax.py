@@ -14,6 +14,8 @@ downloaded to one for a restore.
 from __future__ import annotations
 
 import contextlib
+import math
+from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
 import numpy as np
@@ -21,14 +23,11 @@ import numpy as np
 from .. import _tree
 from ..errors import CheckpointError, CorruptCheckpointError, StructureMismatchError
 from ..storage import StepWriter
-from .base import (
-    StepReader,
-    framework_missing,
-    host_copy,
-    jax_placement,
-    register_format,
-    value_for,
-)
+from .frameworks import framework_missing
+from .like import jax_placement, value_for
+from .protocol import TreeEntry, TreeListing
+from .reader import StepReader
+from .snapshot import host_copy
 
 PAYLOAD_DIR = "orbax"
 NATIVE_SCHEMES = ("gs", "gcs")  # object stores orbax writes to itself; others are staged
@@ -119,6 +118,26 @@ class OrbaxFormat:
         args = ocp.args.StandardRestore(None, fallback_sharding=fallback)
         return self._ckptr().restore(path, args=args)
 
+    def describe(self, reader: StepReader) -> TreeListing:
+        """Every leaf from orbax's own metadata of the payload; no array is read."""
+        path = reader.local_path(PAYLOAD_DIR)
+        if path is None:
+            note = "the orbax tree of a step on an object store is not read; files only"
+            return TreeListing([], "nothing", [note])
+        try:
+            ckptr = self._ckptr()
+        except ImportError:
+            missing = framework_missing("orbax-checkpoint", "flax", "reading an orbax tree")
+            return TreeListing([], "nothing", [str(missing)])
+        try:
+            meta = ckptr.metadata(path)
+        except Exception as e:  # orbax raises many kinds; the manifest is still worth showing
+            return TreeListing([], "nothing", [f"orbax could not read its metadata: {e}"])
+        tree = getattr(meta, "item_metadata", meta)
+        tree = getattr(tree, "tree", tree)
+        entries = [_entry(_tree.path_str(keys), leaf) for keys, leaf in _walk_plain(tree, ())]
+        return TreeListing(entries, "orbax's checkpoint metadata")
+
 
 def _as_gs(url: str | None) -> str | None:
     """A `gcs://` URL as orbax names it (`gs://`)."""
@@ -176,4 +195,30 @@ def _describe_metadata(metadata: dict[str, Any], like: Any) -> dict[str, _tree.D
     return out
 
 
-register_format(OrbaxFormat())
+def _walk_plain(node: Any, path: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], Any]]:
+    """Every leaf of orbax's metadata tree (dicts, lists and tuples of leaf metadata)."""
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            yield from _walk_plain(v, (*path, k))
+    elif isinstance(node, list | tuple) and not hasattr(type(node), "_fields"):
+        for i, v in enumerate(node):
+            yield from _walk_plain(v, (*path, i))
+    else:
+        yield path, node
+
+
+def _entry(key: str, leaf: Any) -> TreeEntry:
+    """The listing row of one leaf of orbax's metadata."""
+    shape, dtype = getattr(leaf, "shape", None), getattr(leaf, "dtype", None)
+    if _is_scalar_metadata(leaf) or shape is None or dtype is None:
+        return TreeEntry(key, "scalar", dtype=None if dtype is None else str(dtype))
+    itemsize = getattr(dtype, "itemsize", None)
+    if itemsize is None:
+        try:
+            itemsize = np.dtype(dtype).itemsize
+        except TypeError:
+            itemsize = None
+    shape_t = tuple(int(d) for d in shape)
+    nbytes = None if itemsize is None else math.prod(shape_t) * itemsize
+    kind = "jax" if getattr(leaf, "sharding", None) is not None else "numpy"
+    return TreeEntry(key, kind, str(dtype), shape_t, nbytes)

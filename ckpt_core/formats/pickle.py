@@ -14,7 +14,9 @@ import zstandard
 
 from ..errors import UnsafeFormatError
 from ..storage import StepWriter
-from .base import StepReader, fit_like, register_format
+from .like import fit_like
+from .protocol import TreeListing
+from .reader import StepReader
 
 PAYLOAD = "state.pkl.zst"
 ZSTD_LEVEL = 3
@@ -55,5 +57,13 @@ class PickleFormat:
             return fit_like(obj, like, f"step {reader.manifest.step}")
         return obj
 
-
-register_format(PickleFormat())
+    def describe(self, reader: StepReader) -> TreeListing:
+        """Nothing of the tree: reading it means unpickling, which can run code."""
+        return TreeListing(
+            [],
+            "nothing",
+            [
+                "a pickle step: its tree is not shown, because reading it means unpickling, which "
+                "can run code (restore it with allow_pickle=True if you trust it)"
+            ],
+        )

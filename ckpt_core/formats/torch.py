@@ -30,16 +30,12 @@ from typing import Any
 from .. import _tree
 from ..errors import UnsafeFormatError, plain_text
 from ..storage import StepWriter
-from .base import (
-    PICKLE_HINT,
-    Refusal,
-    StepReader,
-    fit_like,
-    has_torch_tensor,
-    host_copy,
-    register_format,
-    torch_module,
-)
+from .frameworks import torch_module
+from .like import fit_like
+from .protocol import PICKLE_HINT, Refusal, TreeListing
+from .reader import StepReader
+from .snapshot import host_copy
+from .torch_listing import describe_torch_file
 
 PAYLOAD = "state.pt"
 
@@ -85,6 +81,16 @@ class TorchFormat:
         if like is not None:
             return fit_like(obj, like, f"step {reader.manifest.step}")
         return obj
+
+    def describe(self, reader: StepReader) -> TreeListing:
+        """Every leaf from the zip directory and pickle of `state.pt`; torch is not imported
+        and nothing in the file runs."""
+        return describe_torch_file(reader, PAYLOAD)
+
+
+def has_torch_tensor(state: Any) -> bool:
+    """Whether any leaf of `state` is a torch tensor (the torch format's domain)."""
+    return any(_tree.is_torch_tensor(leaf) for _, leaf in _tree.iter_leaves_lenient(state))
 
 
 _CRC_OPTION = threading.Lock()
@@ -302,6 +308,3 @@ def _refusal_of(path: tuple[Any, ...], culprit: Any, reason: str) -> Refusal:
         f"torch.load(weights_only=True) would refuse {found} at {where!r}{why}. "
         f"HINT: {fix}, or {PICKLE_HINT}.",
     )
-
-
-register_format(TorchFormat())

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ckpt_core import CheckpointManager
-from ckpt_core.formats.base import SnapshotBuffers, host_copy
+from ckpt_core.formats.snapshot import SnapshotBuffers, host_copy
 
 
 def test_buffers_are_reused_from_one_snapshot_to_the_next():
