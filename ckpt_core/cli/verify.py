@@ -8,7 +8,7 @@ from typing import Any
 
 from .. import layout
 from ..errors import CorruptCheckpointError
-from ..formats.base import StepReader
+from ..formats import StepReader
 from ..info import CheckpointInfo
 from ..inspect import human_bytes, open_directory, read_manifest, scan_run
 from ..storage import Storage

@@ -378,7 +378,7 @@ def _payload_is_a_directory(root: Path) -> None:
     ids=lambda c: c[0],
 )
 def test_regression_a_listed_file_under_a_file_or_that_is_a_directory(world_template, tally, case):
-    """Regression (core bug fixed in 68ebd23): `StepReader.open`/`verify` (formats/base.py) catch only FileNotFoundError.
+    """Regression (core bug fixed in 68ebd23): `StepReader.open`/`verify` (formats/reader.py) catch only FileNotFoundError.
 
     A manifest whose `payload_dir` (or a file's path) goes through a regular file makes
     `open` raise NotADirectoryError (a listed file that is a directory: IsADirectoryError),
