@@ -333,3 +333,34 @@ def test_importing_one_format_module_first_leaves_every_format_available():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "['orbax', 'pickle', 'torch', 'tree']", out.stderr[-500:]
+
+
+@pytest.mark.parametrize("fmt", ["tree", "torch", "orbax"])
+def test_each_format_describes_a_step_without_loading_it_numpy_torch_jax(run_dir, fmt):
+    from ckpt_core import get_format, layout
+    from ckpt_core.formats import DescribableFormat, StepReader, TreeEntry
+    from ckpt_core.inspect import open_directory, read_manifest
+
+    make = {
+        "tree": lambda shape: np.ones(shape, np.float32),
+        "torch": torch.ones,
+        "orbax": jnp.ones,
+    }[fmt]
+    with CheckpointManager(run_dir, format=fmt) as mgr:
+        mgr.save(1, {"params": {"w": make((2, 3)), "b": make((4,))}, "epoch": 7})
+    storage = open_directory(run_dir)
+    name = layout.step_dirname(1)
+    described = get_format(fmt)
+    assert isinstance(described, DescribableFormat)
+    listing = described.describe(StepReader(storage, name, read_manifest(storage, name)))
+    kind = {"tree": "numpy", "torch": "torch", "orbax": "jax"}[fmt]
+    epoch = {  # orbax records a Python number as a scalar of its dtype, without the value
+        "tree": TreeEntry("epoch", "int", value=7),
+        "torch": TreeEntry("epoch", "int", value=7),
+        "orbax": TreeEntry("epoch", "scalar", "int64"),
+    }[fmt]
+    assert sorted(listing.entries, key=lambda e: e.path) == [
+        epoch,
+        TreeEntry("params/b", kind, "float32", (4,), 16),
+        TreeEntry("params/w", kind, "float32", (2, 3), 24),
+    ]
