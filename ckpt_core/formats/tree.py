@@ -23,7 +23,7 @@ from .jax_pinning import jax_pinned
 from .like import convert_to_like
 from .protocol import PICKLE_HINT, Refusal, TreeEntry, TreeListing, short_value
 from .reader import StepReader
-from .safetensors import (
+from .safetensors_file import (
     CODES,
     StoredArray,
     allocate,

@@ -16,7 +16,7 @@ from .. import _tree
 from ..errors import CorruptCheckpointError
 from ..storage import StepWriter
 from .reader import StepReader
-from .safetensors import (
+from .safetensors_file import (
     NAMES,
     StoredArray,
     allocate,

@@ -13,7 +13,7 @@ from typing import Any
 from .. import _tree
 from ..errors import CheckpointError, CorruptCheckpointError
 from .reader import StepReader
-from .safetensors import NAMES, is_count
+from .safetensors_file import NAMES, is_count
 
 STRUCTURE_FILE = "tree.json"
 STRUCTURE_VERSION = 1
