@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -208,3 +209,43 @@ def restore_episode(env: gym.Env[Any, Any], state: str) -> Any:
     stored = json.loads(state)
     restore(env, stored["env"])
     return _decode(stored["obs"])
+
+
+def episode_part(
+    env: Any, obs: Any, episode_return: float, length: int, *, template: bool = False
+) -> dict[str, Any]:
+    """A single env's open episode as a run's final checkpoint holds it (see `end`): the
+    partial return and length and, if `obs` is given and the env's state is known, its state.
+
+    With `template`, the restore template of that part (env and obs are not read).
+    """
+    state: str = ""
+    why: str | None = None
+    if not template and obs is None:
+        why = "end() was not given the observation to act on next"
+    elif not template:
+        state, why = capture_episode(env, obs)
+    return {"return": episode_return, "length": length, "state": state, "not_exact": why or ""}
+
+
+def continue_episode(
+    env: gym.Env[Any, Any], part: Mapping[str, Any] | None, where: str
+) -> tuple[Any, float, int] | None:
+    """Resume a single env where a finished run left it, mid-episode.
+
+    Returns:
+        `(obs, partial return, length)` of the open episode; None, with a warning naming
+        `where`, when its state was not saved: the env is then reset and the episode dropped.
+    """
+    if part is None:  # a final checkpoint written before open episodes were saved
+        part = {"state": "", "not_exact": "its final checkpoint holds no open episode"}
+    if part["state"]:
+        obs = restore_episode(env, str(part["state"]))
+        return obs, float(part["return"]), int(part["length"])
+    warnings.warn(
+        f"continuing {where} is not exact: {part['not_exact']}; the env is reset and its open "
+        "episode dropped. HINT: run() handles this; in your own loop pass the observation to "
+        "hook.end(obs), with a built-in classic-control or toy-text env.",
+        stacklevel=4,
+    )
+    return None

@@ -14,6 +14,10 @@ What it accepts as a state:
   same objects are returned, so `model, optimizer = hook.restore_or((model, optimizer))` and
   plain `hook.restore_or((model, optimizer))` are equivalent.
 
+Python's `random` and numpy's global `np.random` (which data pipelines draw from) are saved
+with every step, in its metadata under `"flax"`, and put back by `restore_or` when a run
+resumes; JAX PRNG keys belong in the state itself. Turn this off with `save_global_rng=False`.
+
 The default format is orbax: a step's payload is an orbax `StandardCheckpointer` checkpoint in
 `<step dir>/orbax`, readable without this library::
 
@@ -30,18 +34,20 @@ from typing import Any, Literal
 
 import jax
 import numpy as np
-from flax import nnx
 
 from ckpt_core import CheckpointManager
 from ckpt_core.options import check_bool, check_int, check_seconds, on_existing_from_flags
 from ckpt_core.replication import replicate
 from ckpt_core.replication import strip_device_axis as _strip_device_axis
+from ckpt_core.rng import global_rng_state, set_global_rng_state
 from ckpt_core.signals import check_save_on_signals
+
+from ._flax_nnx import nnx_to_pure, pure_to_nnx, warn_if_dropout_stream_is_not_saved
 
 __all__ = ["CkptHook"]
 
-# flax >= 0.11 calls the base of every NNX object `Pytree`; older releases call it `Object`.
-_NNX_BASE: type = getattr(nnx, "Pytree", None) or nnx.Object
+# Key of the hook's own part of a step's metadata (the global generators' states).
+_META_KEY = "flax"
 
 Metrics = Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None
 
@@ -87,6 +93,10 @@ class CkptHook:
         save_on_signals: signals (e.g. `(signal.SIGTERM,)`, or one signal) after which the
             next call saves, whatever the step; `preempted` is then True: stop the loop.
         storage_options: fsspec options for URL directories.
+        save_global_rng: save Python's and numpy's global generator states with each step (in
+            its metadata) and restore them in `restore_or`, so that a resumed loop drawing
+            from `random`/`np.random` continues the same streams. In a multi-process job each
+            process has its own streams and only one writes the metadata: nothing is saved.
 
     Raises:
         ValueError: both `resume` and `overwrite`, or an invalid `replicate_to`.
@@ -114,12 +124,14 @@ class CkptHook:
         replicate_to: int | None = None,
         save_on_signals: Iterable[int] | int | None = (),
         storage_options: Mapping[str, Any] | None = None,
+        save_global_rng: bool = True,
     ) -> None:
         on_existing = on_existing_from_flags(resume, overwrite, caller="CkptHook")
         # Checked under the hook's own names (the manager would name save_interval_steps).
         check_int("every_n_steps", every_n_steps, minimum=1, none="only by time", example=100)
         check_seconds("every_n_seconds", every_n_seconds)
         check_bool("unreplicate", unreplicate)
+        check_bool("save_global_rng", save_global_rng)
         check_int("replicate_to", replicate_to, minimum=1, none="no broadcast", example=1)
         signals = check_save_on_signals(save_on_signals, caller="CkptHook")
         if replicate_to is not None and not 1 <= replicate_to <= jax.local_device_count():
@@ -131,7 +143,9 @@ class CkptHook:
         self.async_save = async_save
         self.unreplicate = unreplicate
         self.replicate_to = replicate_to
+        self.save_global_rng = save_global_rng
         self._rng_streams_checked = False  # at the first save only: walks the NNX graphs
+        self._warned_metadata = False  # a non-dict metadata leaves the global streams out
         self.manager = CheckpointManager(
             directory,
             max_to_keep=max_to_keep,
@@ -207,14 +221,18 @@ class CkptHook:
         step = int(step)
         if not force and not self.manager.should_save(step):
             return False
-        tree = _nnx_to_pure(state)
+        tree = nnx_to_pure(state)
         if not self._rng_streams_checked:
             self._rng_streams_checked = True
-            _warn_if_dropout_stream_is_not_saved(step, state, tree)
+            warn_if_dropout_stream_is_not_saved(step, state, tree)
         if self.unreplicate:
             tree = _strip_device_axis(tree)
         return self.manager.save(
-            step, tree, metrics=self._host_metrics(metrics), metadata=metadata, force=True
+            step,
+            tree,
+            metrics=self._metrics_to_save(metrics),
+            metadata=self._metadata_to_save(metadata),
+            force=True,
         )
 
     def save(
@@ -228,26 +246,53 @@ class CkptHook:
         """Save `state` as `step` now, whether or not it is due; see `__call__`."""
         return self(step, state, metrics=metrics, metadata=metadata, force=True)
 
-    def _host_metrics(self, metrics: Metrics) -> dict[str, float] | None:
+    def _metrics_to_save(self, metrics: Metrics) -> Mapping[str, Any] | None:
+        """The metrics as the manager takes them (it converts them, one device transfer for
+        all); only the device axis of a replicated state is dropped here."""
         if metrics is None:
             return None
         if callable(metrics):
             metrics = metrics()
-        # One device_get for the whole mapping: it starts every transfer before waiting on any.
-        host = jax.device_get(dict(metrics))
-        floats: dict[str, float] = {}
-        for name, value in host.items():
-            array = np.asarray(value)
-            if self.unreplicate and array.ndim >= 1:
-                array = array[0]
-            if array.size != 1 or not np.issubdtype(array.dtype, np.number):
+        if self.unreplicate:  # device 0's copy, still on the device
+            metrics = {k: v[0] if getattr(v, "ndim", 0) >= 1 else v for k, v in metrics.items()}
+        for name, value in metrics.items():
+            shape = tuple(getattr(value, "shape", ()))
+            if int(np.prod(shape)) != 1:  # kept a ValueError: a value, not a type, is wrong
                 raise ValueError(
-                    f"CkptHook metric {name!r} is {array.dtype} with shape {list(array.shape)}; "
-                    "metrics must be numeric scalars. HINT: reduce it first (e.g. "
-                    "`metrics[name].mean()`), or pass it in `metadata` instead."
+                    f"CkptHook metric {name!r} has shape {list(shape)}; metrics must be numeric "
+                    "scalars. HINT: reduce it first (e.g. `metrics[name].mean()`), or pass it "
+                    "in `metadata` instead."
                 )
-            floats[str(name)] = float(array.reshape(()))
-        return floats
+        return metrics
+
+    def _metadata_to_save(self, metadata: Any) -> Any:
+        """The user's metadata, with the global generators' states under `"flax"`."""
+        if not self._saves_global_rng():
+            return metadata
+        if metadata is not None and not isinstance(metadata, Mapping):
+            if self._warned_metadata:
+                return metadata
+            self._warned_metadata = True
+            warnings.warn(
+                f"CkptHook(save_global_rng=True) keeps the global generators' states in the "
+                f"step's metadata, but metadata is {type(metadata).__qualname__}, not a dict: "
+                "they are not saved with such steps. HINT: pass metadata as a dict, or "
+                "save_global_rng=False.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return metadata
+        if metadata is not None and _META_KEY in metadata:
+            raise ValueError(
+                f"CkptHook metadata has the key {_META_KEY!r}, which the hook uses for the "
+                "global generators' states (save_global_rng=True). HINT: rename the key, or "
+                "pass save_global_rng=False."
+            )
+        return {**(metadata or {}), _META_KEY: {"global_rng": global_rng_state()}}
+
+    def _saves_global_rng(self) -> bool:
+        # Per process streams cannot be restored from the one manifest the primary writes.
+        return self.save_global_rng and jax.process_count() == 1
 
     # ------------------------------------------------------------------ restoring
 
@@ -263,7 +308,8 @@ class CkptHook:
 
         Returns:
             The restored state, or `state` itself on a fresh run (broadcast when
-            `replicate_to` is set).
+            `replicate_to` is set). With `save_global_rng`, Python's and numpy's global
+            generators are put back as they were when the step was saved.
 
         Raises:
             ckpt_core.StructureMismatchError: the checkpoint's paths, shapes or dtypes differ
@@ -276,10 +322,20 @@ class CkptHook:
                 return state
             template = _strip_device_axis(state) if self.unreplicate else state
             return _replicate(template, self.replicate_to)
-        return self.restore(state)
+        step = self.manager.latest_step()
+        assert step is not None
+        restored = self.restore(state, step)
+        if self._saves_global_rng():
+            saved = (self.manager.metadata(step) or {}).get(_META_KEY) or {}
+            if isinstance(saved, Mapping) and "global_rng" in saved:
+                set_global_rng_state(saved["global_rng"])
+        return restored
 
     def restore(self, state: Any, step: int | Literal["latest", "best"] = "latest") -> Any:
         """Restore `step` (an int, `"latest"` or `"best"`) in `state`'s structure and shardings.
+
+        Unlike `restore_or`, this leaves the global generators alone: loading a step to look
+        at it does not reseed the process.
 
         Args:
             state: the template, as for `restore_or`.
@@ -292,7 +348,7 @@ class CkptHook:
             ckpt_core.CheckpointNotFoundError: there is no such step.
             ckpt_core.StructureMismatchError: the checkpoint does not match `state`.
         """
-        like = _nnx_to_pure(state)
+        like = nnx_to_pure(state)
         n_devices = self.replicate_to
         if self.unreplicate:
             n_devices = n_devices or _leading_axis(like)
@@ -300,7 +356,7 @@ class CkptHook:
         restored = self.manager.restore(step, like=like)
         if n_devices is not None:
             restored = _replicate(restored, n_devices)
-        return _pure_to_nnx(state, restored)
+        return pure_to_nnx(state, restored)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -319,95 +375,6 @@ class CkptHook:
         self.close()
 
 
-# ---------------------------------------------------------------------- nnx objects
-
-
-def _is_nnx(x: Any) -> bool:
-    return isinstance(x, _NNX_BASE)
-
-
-def _is_plain_container(x: Any) -> bool:
-    # Namedtuples and registered pytree classes (TrainState) are leaves of this walk: only
-    # the builtin containers a user groups objects in, like `(model, optimizer)`.
-    return isinstance(x, dict | list) or (isinstance(x, tuple) and not hasattr(x, "_fields"))
-
-
-def _nnx_to_pure(state: Any) -> Any:
-    """Replace every NNX object in the top-level containers by its pure state dict."""
-    if _is_nnx(state):
-        return nnx.to_pure_dict(nnx.state(state))
-    if isinstance(state, dict):
-        return {k: _nnx_to_pure(v) for k, v in state.items()}
-    if _is_plain_container(state):
-        return type(state)(_nnx_to_pure(v) for v in state)
-    return state
-
-
-def _pure_to_nnx(template: Any, restored: Any) -> Any:
-    """Write restored pure dicts back into the NNX objects of `template` (in place)."""
-    if _is_nnx(template):
-        graph_state = nnx.state(template)
-        nnx.replace_by_pure_dict(graph_state, restored)
-        nnx.update(template, graph_state)
-        return template
-    if isinstance(template, dict):
-        return type(template)({k: _pure_to_nnx(v, restored[k]) for k, v in template.items()})
-    if _is_plain_container(template):
-        return type(template)(_pure_to_nnx(t, r) for t, r in zip(template, restored))
-    return restored
-
-
-def _nnx_objects(state: Any, path: tuple[Any, ...] = ()) -> Iterable[tuple[tuple[Any, ...], Any]]:
-    """`(path, object)` of every NNX object in the top-level containers, as `_nnx_to_pure` walks."""
-    if _is_nnx(state):
-        yield path, state
-    elif isinstance(state, dict):
-        for key, value in state.items():
-            yield from _nnx_objects(value, (*path, key))
-    elif _is_plain_container(state):
-        for index, value in enumerate(state):
-            yield from _nnx_objects(value, (*path, index))
-
-
-def _holds_a_key(tree: Any) -> bool:
-    """A typed PRNG key, or a raw one (`uint32[..., 2]`), among the leaves of `tree`."""
-    for leaf in jax.tree.leaves(tree):
-        dtype, shape = getattr(leaf, "dtype", None), getattr(leaf, "shape", ())
-        if dtype is None:
-            continue
-        if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-            return True
-        if dtype == np.uint32 and len(shape) >= 1 and shape[-1] == 2:
-            return True
-    return False
-
-
-def _warn_if_dropout_stream_is_not_saved(step: int, state: Any, tree: Any) -> None:
-    """Warn when an `nnx.Dropout` draws from an `nnx.Rngs` that the saved state leaves out.
-
-    A Dropout built without `rngs=` takes its stream at call time; if that `nnx.Rngs` is not
-    handed to the hook, the checkpoint holds no key at all, and a resumed run draws other
-    masks than an uninterrupted one: a silent divergence worth a warning at the first save.
-    """
-    if _holds_a_key(tree):
-        return
-    for outer, obj in _nnx_objects(state):
-        for inner, node in nnx.iter_graph(obj):
-            if isinstance(node, nnx.Dropout) and node.rate > 0:
-                where = "/".join(str(k) for k in (*outer, *inner)) or "the model"
-                warnings.warn(
-                    f"CkptHook: the state saved at step {step} holds no PRNG key, but "
-                    f"{where!r} is an nnx.Dropout (rate {node.rate}) whose random stream is "
-                    "not in it, so a resumed run draws other dropout masks than an "
-                    "uninterrupted one. HINT: hand the nnx.Rngs to the hook with the model, "
-                    "e.g. hook(step, (model, optimizer, rngs)) and "
-                    "hook.restore_or((model, optimizer, rngs)).",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-                return
-
-
 # ---------------------------------------------------------------------- device axis
 
 
@@ -417,7 +384,7 @@ def _is_array(x: Any) -> bool:
 
 def _leading_axis(tree: Any) -> int | None:
     """The size of the device axis of a replicated state (its first array leaf's axis 0)."""
-    for leaf in jax.tree.leaves(_nnx_to_pure(tree)):
+    for leaf in jax.tree.leaves(nnx_to_pure(tree)):
         if _is_array(leaf) and leaf.ndim >= 1:
             return int(leaf.shape[0])
     return None

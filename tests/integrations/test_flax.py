@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -286,6 +288,95 @@ def test_max_bytes_keeps_an_orbax_run_within_its_budget(tmp_path: Path) -> None:
 def test_metrics_must_be_scalars(tmp_path: Path) -> None:
     with CkptHook(tmp_path) as hook, pytest.raises(ValueError, match=r"'loss_curve'.*scalars"):
         hook(0, linen_init(), metrics={"loss_curve": jnp.ones(3)})
+
+
+def test_metrics_are_passed_to_the_manager_which_names_a_non_number(tmp_path: Path) -> None:
+    with CkptHook(tmp_path) as hook:
+        hook(0, linen_init(), metrics={"loss": np.float32(0.5), "n": jnp.int32(3), "k": 2})
+        assert hook.manager.metrics(0) == {"loss": 0.5, "n": 3.0, "k": 2.0}
+        with pytest.raises(TypeError, match=r"metric 'flag' must be a scalar number"):
+            hook(1, linen_init(), metrics={"flag": True})
+
+
+# ---------------------------------------------------------------------- global generators
+
+
+def _data_pipeline_loop(
+    directory: Path, steps: int, *, stop_at: int | None = None, save_global_rng: bool = True
+) -> list[float]:
+    """A loop whose batches come from `np.random` and `random` (as data pipelines draw them);
+    returns the draws of the steps it ran. The state is one weight, saved every 3 steps."""
+    hook = CkptHook(directory, every_n_steps=3, resume=True, save_global_rng=save_global_rng)
+    state = hook.restore_or({"w": jnp.zeros(())})
+    draws = []
+    for step in range(hook.start_step, steps):
+        draw = float(np.random.uniform()) + random.random()
+        draws.append(draw)
+        state = {"w": state["w"] + draw}
+        hook(step, state)
+        if step == stop_at:
+            break
+    hook.close()
+    return draws
+
+
+@pytest.mark.parametrize("save_global_rng", [True, False])
+def test_resumed_loop_continues_the_global_random_streams(
+    tmp_path: Path, save_global_rng: bool
+) -> None:
+    random.seed(1)
+    np.random.seed(1)
+    reference = _data_pipeline_loop(tmp_path / "reference", 10)
+
+    random.seed(1)
+    np.random.seed(1)
+    first = _data_pipeline_loop(tmp_path / "run", 10, stop_at=7, save_global_rng=save_global_rng)
+    assert first == reference[:8]
+    random.seed(99)  # a new process starts from other streams
+    np.random.seed(99)
+    resumed = _data_pipeline_loop(tmp_path / "run", 10, save_global_rng=save_global_rng)
+    # Saved at step 6: the resumed run redoes step 7 and goes on.
+    if save_global_rng:
+        assert resumed == reference[7:]
+    else:
+        assert resumed != reference[7:]
+
+
+def test_global_rng_is_kept_in_the_step_metadata_and_put_back_by_restore_or_only(
+    tmp_path: Path,
+) -> None:
+    def reseed(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+
+    def draws() -> tuple[float, float]:
+        return random.random(), float(np.random.uniform())
+
+    state = {"w": jnp.ones(3)}
+    with CkptHook(tmp_path) as hook:
+        with pytest.warns(RuntimeWarning, match=r"metadata is list, not a dict"):
+            hook(0, state, metadata=["not", "a", "dict"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # said once per hook
+            hook(0, state, metadata=["not", "a", "dict"])
+        reseed(5)
+        hook(1, state, metadata={"epoch": 1})
+        after_step_1 = draws()
+        with pytest.raises(ValueError, match=r"the key 'flax'"):
+            hook(2, state, metadata={"flax": 1})
+        assert hook.manager.metadata(0) == ["not", "a", "dict"]
+        meta = hook.manager.metadata(1)
+        assert meta["epoch"] == 1 and set(meta["flax"]) == {"global_rng"}
+        assert hook.manager.all_steps() == [0, 1]
+    reseed(7)
+    seven = draws()
+    with CkptHook(tmp_path, resume=True) as hook:
+        reseed(7)
+        hook.restore(state, step=1)  # loading a step to look at it does not reseed
+        assert draws() == seven
+        restored = hook.restore_or(state)
+        assert draws() == after_step_1
+    assert np.array_equal(restored["w"], state["w"])
 
 
 # ---------------------------------------------------------------------- resume semantics

@@ -615,6 +615,30 @@ def test_a_best_metric_not_reported_yet_is_a_warning_in_the_runners_terms(tmp_pa
         assert mgr.best_step() == 3_000
 
 
+def test_learn_metrics_are_converted_by_the_core_as_they_arrive(tmp_path):
+    class Reports(TabularQAgent):
+        """Returns numpy scalars, then a string from step 700 on."""
+
+        calls = 0
+
+        def learn(self, *args: Any) -> Any:
+            super().learn(*args)
+            self.calls += 1
+            loss: Any = np.float32(0.5) if self.calls < 700 else "0.5"
+            return {"loss": loss, "updates": np.int64(self.calls)}
+
+    env = gym.make("FrozenLake-v1")
+    agent = Reports(env.observation_space, env.action_space)
+    config = RunnerConfig(1_000, checkpoint_dir=tmp_path, checkpoint_interval=300)
+    with pytest.raises(TypeError, match=r"metric 'loss' must be a scalar number.*'0.5' \(str\)"):
+        run(env, agent, config, progress=False)
+    assert agent.calls == 700  # refused at the step that returned it, not at a checkpoint
+    with CheckpointManager(tmp_path, read_only=True) as mgr:
+        step = mgr.latest_step()
+        assert step == 600 and mgr.metrics(step)["loss"] == 0.5
+        assert all(type(v) is float for v in mgr.metrics(step).values())
+
+
 def test_a_run_that_ends_before_its_first_episode_stores_an_empty_result(tmp_path):
     env, agent = make("frozenlake")
     config = RunnerConfig(

@@ -26,7 +26,7 @@ from ckpt_core import (
     load_metadata,
     save_checkpoint,
 )
-from ckpt_core.manager import on_existing_from_flags
+from ckpt_core.options import on_existing_from_flags
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 if str(EXAMPLES) not in sys.path:
