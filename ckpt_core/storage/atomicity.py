@@ -14,7 +14,7 @@ Rename, on local disks (`RenamingStepWriter`):
    to `.old-<step>-<token>/` (and moved back if the second rename fails);
 4. the run directory is fsynced.
 
-Killed before 3: a `.tmp-` entry that no reader lists, removed by the next `sweep_leftovers`.
+Killed before 3: a `.tmp-` entry, never read as a step, removed by the next `sweep_leftovers`.
 Killed between the two renames of a replacement: `repair_replacement` keeps whichever step has
 a manifest in place. Deleting a step is one rename to a `.tmp-` name, then the removal. A
 small file (pointer, `run.json`) is written to `.<name>.partial`, fsynced, and `os.replace`d.
@@ -55,7 +55,7 @@ from .base import StepWriter, Storage
 from .checksums import CHUNK, HashingWriter, hash_stream
 
 # The temporary names. Those beside the steps are spelled by layout.py, which names everything
-# in a run directory; each ends in a fresh `new_token()`:
+# in a run directory; the directories end in a fresh `new_token()`:
 #   .tmp-<step>-<token>/   a step being written, or a deleted one being removed (local disks):
 #                          layout.tmp_dirname
 #   .old-<step>-<token>/   a replaced step moved aside where exchange is missing (local disks):
