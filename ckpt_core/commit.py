@@ -1,4 +1,7 @@
-"""Writing one step: the format's payload through a `StepWriter`, then the manifest that commits it."""
+"""Writing one step: the format's payload through a `StepWriter`, then the manifest that commits it.
+
+How the commit is made atomic on each kind of storage is in `storage/atomicity.py`.
+"""
 
 from __future__ import annotations
 

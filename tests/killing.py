@@ -135,9 +135,9 @@ def child(directory: str, fmt: str, mode: str, on_existing: str, scenario: str =
     if scenario == "replace-without-exchange":
         # As on a filesystem without renameat2(RENAME_EXCHANGE): the old step is moved aside,
         # then the new one in, and a kill between the two renames is repaired on open.
-        import ckpt_core.storage
+        import ckpt_core.storage.atomicity
 
-        ckpt_core.storage._exchange = lambda a, b: False  # type: ignore[attr-defined]
+        ckpt_core.storage.atomicity._exchange = lambda a, b: False
     if scenario == "overwrite":
         on_existing = "overwrite"
     mgr = CheckpointManager(

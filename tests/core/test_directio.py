@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ckpt_core import CheckpointManager, directio
-from ckpt_core import storage as storage_module
+from ckpt_core.storage import local as storage_module
 
 BUFFER = 64 << 10
 

@@ -22,7 +22,7 @@ from ckpt_core import (
     load_checkpoint,
     save_checkpoint,
 )
-from ckpt_core import storage as storage_module
+from ckpt_core.storage import atomicity as storage_module
 
 
 def st(v: float) -> dict:

@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from ckpt_core import CheckpointManager, CorruptCheckpointError
-from ckpt_core import fsspec_storage as fsspec_storage_module
+from ckpt_core.storage import atomicity
 from integrations.flax import CkptHook
 from tests.gcs.conftest import GcsRun
 from tests.integrations.test_flax import linen_init, linen_step
@@ -44,7 +44,7 @@ def no_local_staging(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the payload was staged locally")
 
-    monkeypatch.setattr(fsspec_storage_module.tempfile, "mkdtemp", refuse)
+    monkeypatch.setattr(atomicity.tempfile, "mkdtemp", refuse)
 
 
 def manager(run: GcsRun, **kwargs) -> CheckpointManager:

@@ -155,7 +155,7 @@ class SyscallFaults:
         }
         # The core swaps a replaced step in with renameat2(RENAME_EXCHANGE) through ctypes,
         # which no `os` patch sees: count (and fail) it as a rename too.
-        import ckpt_core.storage as storage_module
+        import ckpt_core.storage.atomicity as storage_module
 
         real_exchange = getattr(storage_module, "_exchange", None)
 

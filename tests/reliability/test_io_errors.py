@@ -86,7 +86,7 @@ def one_save(directory: Path, fmt: str, mode: str, scenario: str, faults: Syscal
 @contextlib.contextmanager
 def no_exchange(active: bool = True):
     """Make the core believe the filesystem cannot swap two directories atomically."""
-    import ckpt_core.storage as storage_module
+    import ckpt_core.storage.atomicity as storage_module
 
     real = getattr(storage_module, "_exchange", None)
     if active and real is not None:

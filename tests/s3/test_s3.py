@@ -283,7 +283,8 @@ CHILD = textwrap.dedent(
     """
     import sys, time
     import numpy as np
-    from ckpt_core import CheckpointManager, storage, fsspec_storage
+    from ckpt_core import CheckpointManager, storage
+    from ckpt_core.storage import atomicity
 
     url, stop = sys.argv[1], sys.argv[2]
     # 5 MiB parts (S3's minimum): the 24 MiB payload goes up as a multipart upload.
@@ -302,7 +303,7 @@ CHILD = textwrap.dedent(
         return n
     storage.HashingWriter.write = write_then_stop
     if stop == "before-manifest":
-        fsspec_storage._ObjectStepWriter.commit = lambda self, manifest: stopped()
+        atomicity.ManifestLastStepWriter.commit = lambda self, manifest: stopped()
     mgr.save(2, {"w": np.ones(6 << 20, np.float32)})
     """
 )
@@ -707,12 +708,12 @@ def test_a_missing_bucket_is_a_clear_error(s3_server):
 
 
 def test_incremental_saves_copy_unchanged_shards_server_side(s3_run, monkeypatch):
-    from ckpt_core import fsspec_storage
+    from ckpt_core.storage.atomicity import ManifestLastStepWriter
 
     uploaded: list[str] = []
     copied: list[str] = []
-    open_for_upload = fsspec_storage._ObjectStepWriter.open
-    share = fsspec_storage._ObjectStepWriter._share
+    open_for_upload = ManifestLastStepWriter.open
+    share = ManifestLastStepWriter._share
 
     def counting_open(self: Any, name: str) -> Any:
         uploaded.append(name)
@@ -722,8 +723,8 @@ def test_incremental_saves_copy_unchanged_shards_server_side(s3_run, monkeypatch
         copied.append(name)
         return share(self, source, name)
 
-    monkeypatch.setattr(fsspec_storage._ObjectStepWriter, "open", counting_open)
-    monkeypatch.setattr(fsspec_storage._ObjectStepWriter, "_share", counting_share)
+    monkeypatch.setattr(ManifestLastStepWriter, "open", counting_open)
+    monkeypatch.setattr(ManifestLastStepWriter, "_share", counting_share)
     frozen = np.random.default_rng(0).standard_normal((1024, 2048), np.float32)  # 8 MiB
     with CheckpointManager(s3_run.url, incremental=True, storage_options=s3_run.options) as mgr:
         mgr.save(1, {"frozen": frozen, "head": np.zeros(4)})
