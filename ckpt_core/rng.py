@@ -8,13 +8,13 @@ to check), which fits in any checkpoint format, a JSON string leaf and a
 `torch.load(weights_only=True)` dict alike; `set_global_rng_state` puts them back.
 
 ```python
-state = {"model": ..., "rng": global_rng_state()}
+state = {"model": ..., "rng": global_rng_state(include_torch=True)}
 ...
 set_global_rng_state(restored["rng"])
 ```
 
 No framework is imported here: numpy is imported when used, and torch's generators are captured
-and restored only when the user's program has imported torch already.
+(when asked) and restored only when the user's program has imported torch already.
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ from typing import Any
 __all__ = ["global_rng_state", "set_global_rng_state"]
 
 
-def global_rng_state(*, include_torch: bool | None = None) -> dict[str, Any]:
+def global_rng_state(*, include_torch: bool = False) -> dict[str, Any]:
     """The global generators' states, as JSON-serialisable data.
 
     Args:
-        include_torch: capture torch's CPU generator (and, once CUDA is initialised, every CUDA
-            device's). None (default): when torch is already imported. True imports it.
+        include_torch: also capture torch's CPU generator and, once CUDA is initialised, every
+            CUDA device's, if the program has imported torch (a program that has not draws
+            nothing from it; torch is never imported here).
 
     Returns:
         `{"python": [version, words, gauss], "numpy": {...}}`, plus `"torch": bytes` and
@@ -51,7 +52,7 @@ def global_rng_state(*, include_torch: bool | None = None) -> dict[str, Any]:
     }
     words = struct.pack(f"<{len(internal)}I", *internal).hex()
     states: dict[str, Any] = {"python": [version, words, gauss], "numpy": numpy_state}
-    torch = _torch(imported_only=include_torch is None) if include_torch is not False else None
+    torch = sys.modules.get("torch") if include_torch else None
     if torch is not None:
         states["torch"] = torch.get_rng_state().numpy().tobytes().hex()
         if torch.cuda.is_initialized():
@@ -97,22 +98,13 @@ def set_global_rng_state(state: Mapping[str, Any]) -> None:
             key = np.asarray(_words(inner["key"]), np.uint32)
             numpy_state["state"] = {"key": key, "pos": inner["pos"]}
             np.random.set_state(numpy_state)
-    torch = _torch(imported_only=True) if "torch" in state or "cuda" in state else None
+    torch = sys.modules.get("torch") if "torch" in state or "cuda" in state else None
     if torch is None:
         return
     if "torch" in state:
         torch.set_rng_state(_byte_tensor(torch, state["torch"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([_byte_tensor(torch, s) for s in state["cuda"]])
-
-
-def _torch(*, imported_only: bool) -> Any:
-    """The torch module: None if `imported_only` and the program has not imported it."""
-    if imported_only:
-        return sys.modules.get("torch")
-    import torch
-
-    return torch
 
 
 def _words(values: Any) -> list[int]:

@@ -39,8 +39,8 @@ def test_a_state_without_numpy_leaves_numpy_alone():
     assert np.random.random() == expected
 
 
-def test_the_state_is_compact_json_and_leaves_torch_out_when_asked():
-    state = global_rng_state(include_torch=False)
+def test_the_state_is_compact_json_and_leaves_torch_out_unless_asked():
+    state = global_rng_state()
     assert set(state) == {"python", "numpy"}
     assert isinstance(state["python"][1], str) and isinstance(state["numpy"]["state"]["key"], str)
     assert len(json.dumps(state)) < 12_000  # two hex strings, not 1,249 numbers
@@ -69,7 +69,7 @@ def test_torch_is_neither_imported_nor_captured_unless_the_program_imported_it()
     code = (
         "import sys, json\n"
         "from ckpt_core.rng import global_rng_state, set_global_rng_state\n"
-        "state = global_rng_state()\n"
+        "state = global_rng_state(include_torch=True)\n"
         "set_global_rng_state({**state, 'torch': 'ff'})\n"  # nothing to restore it into
         "print(json.dumps(['torch' in sys.modules, sorted(state)]))\n"
     )
