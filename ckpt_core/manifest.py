@@ -188,14 +188,25 @@ def check_metadata(metadata: Any) -> None:
         ) from None
 
 
-def to_float_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
+def to_float_metrics(
+    metrics: Mapping[str, Any] | None, *, drop_non_numbers: bool = False
+) -> dict[str, float]:
     """Python, numpy, torch or jax scalars -> floats (one host transfer for each device scalar).
 
-    Infinities and NaN are stored as they are; they never rank for best (see retention).
+    A 0-d (or one-element) tensor or array and a numpy scalar count as scalars, so an adapter
+    passes a framework's logged values as they are. Infinities and NaN are stored as they are;
+    they never rank for best (see retention).
+
+    Args:
+        metrics: names to numbers; None for none.
+        drop_non_numbers: leave out the values that are not real scalar numbers instead of
+            raising: for a framework's dict of logged values (Lightning's `callback_metrics`),
+            which may hold other things that are no metric of the checkpoint.
 
     Raises:
-        TypeError: `metrics` is not a mapping, or a value is not a real scalar number (a
-            string such as "0.5" or a bool is refused rather than guessed at).
+        TypeError: `metrics` is not a mapping, a name is not a string, or (unless
+            `drop_non_numbers`) a value is not a real scalar number (a string such as "0.5" or
+            a bool is refused rather than guessed at).
     """
     if metrics is not None and not isinstance(metrics, Mapping):
         raise TypeError(
@@ -219,6 +230,8 @@ def to_float_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
         else:
             reason = ""
         if isinstance(number, bool) or not isinstance(number, numbers.Real):
+            if drop_non_numbers:
+                continue
             hint = {
                 str: " HINT: convert it yourself, e.g. float(value).",
                 bool: " HINT: pass float(flag), or put flags in metadata=.",

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -33,3 +37,44 @@ def test_a_state_without_numpy_leaves_numpy_alone():
     np.random.seed(3)
     set_global_rng_state({"python": global_rng_state()["python"]})
     assert np.random.random() == expected
+
+
+def test_the_state_is_compact_json_and_leaves_torch_out_unless_asked():
+    state = global_rng_state()
+    assert set(state) == {"python", "numpy"}
+    assert isinstance(state["python"][1], str) and isinstance(state["numpy"]["state"]["key"], str)
+    assert len(json.dumps(state)) < 12_000  # two hex strings, not 1,249 numbers
+
+
+def test_states_written_with_lists_of_ints_still_restore():
+    """The layout `global_rng_state` wrote before (Gym checkpoints hold it as a JSON string)."""
+    random.seed(4)
+    np.random.seed(4)
+    version, internal, gauss = random.getstate()
+    legacy = np.random.get_state(legacy=False)
+    legacy["state"] = {"key": [int(x) for x in legacy["state"]["key"]], "pos": 7}
+    older = json.loads(json.dumps({"python": [version, list(internal), gauss], "numpy": legacy}))
+    expected_python = random.random()
+    np.random.set_state({**legacy, "state": {"key": np.asarray(legacy["state"]["key"]), "pos": 7}})
+    expected_numpy = np.random.random(4)
+
+    random.seed(5)
+    np.random.seed(5)
+    set_global_rng_state(older)
+    assert random.random() == expected_python
+    np.testing.assert_array_equal(np.random.random(4), expected_numpy)
+
+
+def test_torch_is_neither_imported_nor_captured_unless_the_program_imported_it():
+    code = (
+        "import sys, json\n"
+        "from ckpt_core.rng import global_rng_state, set_global_rng_state\n"
+        "state = global_rng_state(include_torch=True)\n"
+        "set_global_rng_state({**state, 'torch': 'ff'})\n"  # nothing to restore it into
+        "print(json.dumps(['torch' in sys.modules, sorted(state)]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert json.loads(out.stdout) == [False, ["numpy", "python"]]
