@@ -26,6 +26,7 @@ from .manifest import Manifest, check_metadata, to_float_metrics
 from .options import check_bool, describe
 from .replication import replicate, strip_device_axis
 from .retention import RetentionPolicy
+from .run import read_run_doc, recorded_policy
 from .storage import Storage, open_storage
 
 StepSpec = int | Literal["latest", "best"] | None
@@ -133,25 +134,6 @@ def _open_run(run: str | os.PathLike[str], allow_pickle: bool = False) -> Checkp
         ) from None
 
 
-def _run_step(mgr: CheckpointManager, step: StepSpec) -> int:
-    """The step number `step` names in `mgr`'s run; "best" falls back on the `best` pointer
-    when the run recorded no metric to rank by (e.g. a best_fn that was a function)."""
-    if step == "best" and mgr.policy.best_fn is None:
-        try:
-            target = mgr.storage.read_bytes(layout.BEST_POINTER).decode().strip()
-        except (FileNotFoundError, UnicodeDecodeError):
-            target = ""
-        number = layout.parse_step(target)
-        if number is None or number not in mgr.all_steps():
-            raise CheckpointNotFoundError(
-                f"no best checkpoint in {mgr.directory}: its run.json records no best_fn and "
-                "no `best` pointer names a committed step. HINT: save with a manager given "
-                "best_fn='metric' (and metrics=), or load step='latest' or a step number."
-            )
-        return number
-    return int(mgr.info(step).step)
-
-
 def save_checkpoint(
     path: str | os.PathLike[str],
     state: Any,
@@ -225,10 +207,10 @@ def _save_step(
 ) -> None:
     """Save one step into `run` through a manager holding its lock, with its recorded retention
     (none recorded: keep every step)."""
-    recorded = RetentionPolicy(max_to_keep=None)
-    if _kind(run) == "run":
-        with _open_run(run) as reader:
-            recorded = reader.policy
+    recorded = (
+        recorded_policy(read_run_doc(open_storage(run, None))) if _kind(run) == "run" else None
+    )
+    recorded = recorded or RetentionPolicy(max_to_keep=None)
     try:
         mgr = CheckpointManager(
             run,
@@ -239,6 +221,7 @@ def _save_step(
             best_fn=recorded.best_fn,
             best_mode=recorded.best_mode,
             keep_best=recorded.keep_best,
+            max_bytes=recorded.max_bytes,
         )
     except CheckpointLockedError as e:
         raise CheckpointLockedError(f"save_checkpoint cannot add step {step}: {e}") from None
@@ -286,7 +269,7 @@ def load_checkpoint(
     directory, where, is_run = _target(path, step, "load_checkpoint")
     if is_run:
         with _open_run(directory, allow_pickle) as mgr:
-            state = mgr.restore(_run_step(mgr, where), like)
+            state = mgr.restore(where, like)
     else:
         storage, name = _split(directory)
         manifest = _manifest(storage, name)
@@ -307,7 +290,7 @@ def load_metadata(path: str | os.PathLike[str], *, step: StepSpec = None) -> Any
     directory, where, is_run = _target(path, step, "load_metadata")
     if is_run:
         with _open_run(directory) as mgr:
-            return mgr.metadata(_run_step(mgr, where))
+            return mgr.metadata(where)
     storage, name = _split(directory)
     return _manifest(storage, name).metadata
 
@@ -318,7 +301,7 @@ def checkpoint_exists(path: str | os.PathLike[str], *, step: StepSpec = None) ->
         directory, where, is_run = _target(path, step, "checkpoint_exists")
         if is_run:
             with _open_run(directory) as mgr:
-                _run_step(mgr, where)
+                mgr.info(where)
             return True
         storage, name = _split(directory)
         _manifest(storage, name)

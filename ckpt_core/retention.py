@@ -57,7 +57,11 @@ class StepRecord(Protocol):
 
 @dataclass(frozen=True)
 class RetentionPolicy:
-    """The retention options of `CheckpointManager`, validated."""
+    """The retention options of `CheckpointManager`, validated.
+
+    Its defaults are the manager's (and what `ckpt` assumes of a run that recorded none):
+    `DEFAULT_POLICY` below is the one place they are written.
+    """
 
     max_to_keep: int | None = 5
     keep_period: int | None = None
@@ -231,3 +235,6 @@ class RetentionPolicy:
             f"best_fn could not score the saved metrics {sorted(metrics)}; this step is not "
             "ranked for best."
         )
+
+
+DEFAULT_POLICY = RetentionPolicy()  # what `CheckpointManager` applies when given no options

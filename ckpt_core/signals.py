@@ -1,9 +1,12 @@
-"""Preemption signals: the `save_on_signals` option, checked the same way by the core and adapters."""
+"""Preemption signals: the `save_on_signals` option (checked the same way by the core and adapters)
+and the handlers that count the signals owed a save."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from types import FrameType
 from typing import Any
 
 # No process can catch these: the kernel stops or kills it without running any handler.
@@ -77,3 +80,61 @@ def check_save_on_signals(value: Any, *, caller: str = "CheckpointManager") -> t
 def _brief(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+class SaveSignals:
+    """The `save_on_signals` handlers of one manager, and the signals they owe a save.
+
+    Signals are counted, not flagged: one that arrives during a save is still owed a save.
+    A save takes `count` when it starts and passes it to `answered` when it returns.
+    """
+
+    def __init__(self, signals: tuple[int, ...]) -> None:
+        self.count = 0
+        self.saved = 0  # the signal count the latest completed save has answered
+        self.last: int | None = None
+        self.closed = False
+        self._previous: dict[int, Any] = {}
+        for sig in signals:  # checked by check_save_on_signals: catchable, in the main thread
+            self._previous[sig] = signal.signal(sig, self._on_signal)
+
+    @property
+    def pending(self) -> bool:
+        """A signal arrived that no completed save has answered yet."""
+        return self.count > self.saved
+
+    def answered(self, count: int) -> None:
+        """A save that started when `count` signals had arrived returned."""
+        self.saved = count
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        previous = self._previous.get(signum)
+        if self.closed:
+            # Called after close: by a later handler that chains to this one (which acts on
+            # the signal itself), or because a framework put this one back: then act as the
+            # handler before it.
+            installed = signal.getsignal(signum) == self._on_signal
+            if installed and previous in (signal.SIG_DFL, None):
+                signal.signal(signum, signal.SIG_DFL)
+                signal.raise_signal(signum)
+            elif callable(previous):
+                previous(signum, frame)
+            return
+        self.last = signum
+        self.count += 1
+        # Python's SIGINT handler would raise KeyboardInterrupt before the save; others chain.
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(signum, frame)
+
+    def close(self) -> None:
+        """Put the previous handlers back (unless another was installed after ours)."""
+        self.closed = True
+        for sig, handler in self._previous.items():
+            if signal.getsignal(sig) == self._on_signal:  # not one installed after ours
+                # Skip the handlers of managers closed meanwhile (closed out of order).
+                while isinstance(owner := getattr(handler, "__self__", None), SaveSignals) and (
+                    owner.closed
+                ):
+                    handler = owner._previous.get(sig, signal.SIG_DFL)
+                with contextlib.suppress(ValueError, TypeError):
+                    signal.signal(sig, handler)
