@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from ckpt_core import CheckpointManager, RetentionPolicy, layout
-from ckpt_core.inspect import open_directory, scan_run
+from ckpt_core.listing import scan_run
+from ckpt_core.run import open_directory
 
 HERE = Path(__file__).resolve().parent
 CKPT = Path(sys.executable).with_name("ckpt")

@@ -17,16 +17,17 @@ from typing import Any
 from . import layout
 from .errors import CheckpointError, CorruptCheckpointError
 from .info import CheckpointInfo
-from .retention import RetentionPolicy, StepFiles
+from .retention import DEFAULT_POLICY, RetentionPolicy, StepFiles
 from .run import (
     ManifestReader,
     best_step,
     info_of,
+    kept_because,
+    ranked_steps,
     read_pointer,
-    read_run_doc_checked,
-    recorded_policy,
     step_manifests,
 )
+from .run_doc import ranking_unknown, read_run_doc_checked, recorded_policy
 from .storage import Storage, step_files
 
 MAX_RUN_DEPTH = 8  # how deep `find_runs` looks for nested runs below the directory it is given
@@ -78,9 +79,23 @@ class RunListing:
         """The retention the run recorded (None: none, or run.json unusable)."""
         return recorded_policy(self.run_doc)
 
+    def run_best(self) -> int | None:
+        """The run's own best step: by its recorded ranking, else the pointer standing in."""
+        unknown = ranking_unknown(self.run_doc, self.run_doc_error)
+        policy = self.recorded_policy or DEFAULT_POLICY
+        return best_step(policy, self.steps, self.best_pointer if unknown else None)
+
     def best_step(self, policy: RetentionPolicy) -> int | None:
-        """The run's best step under `policy` (see the module docstring)."""
-        return best_step(policy, self.steps, self.best_pointer)
+        """The best step under `policy` (see `ckpt_core.run` for the one meaning of best)."""
+        return best_step(policy, self.steps, self.run_best())
+
+    def ranked_steps(self, policy: RetentionPolicy) -> list[int]:
+        """The ranked steps under `policy`, best first."""
+        return ranked_steps(policy, self.steps, self.run_best())
+
+    def kept_because(self, policy: RetentionPolicy) -> dict[int, tuple[str, ...]]:
+        """Why `policy` keeps each committed step (empty: it would delete it)."""
+        return kept_because(policy, self.steps, self.run_best())
 
 
 def entry_bytes(storage: Storage, name: str) -> int | None:

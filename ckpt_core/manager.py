@@ -309,24 +309,24 @@ class CheckpointManager:
     @property
     def run_metadata(self) -> dict[str, Any]:
         """Run-level JSON (config, seed, ...) kept in `run.json` beside the steps."""
-        meta = self._run.doc().get("metadata", {})
+        meta = self._run.document.read().get("metadata", {})
         return meta if isinstance(meta, dict) else {}
 
     def update_run_metadata(self, values: Mapping[str, Any]) -> None:
         """Merge `values` into the run metadata (written atomically)."""
         self._check_writable()
-        self._run.update_metadata(values)
+        self._run.document.update_metadata(values)
 
     def mark_complete(self) -> None:
         """Record that the run finished; adapters treat resuming it as a no-op."""
         self._check_writable()
         self.wait()
         with self._mutex:
-            self._run.mark_complete()
+            self._run.document.mark_complete(self._run.latest_step())
 
     @property
     def is_complete(self) -> bool:
-        return bool(self._run.doc().get("complete", False))
+        return bool(self._run.document.read().get("complete", False))
 
     @property
     def directory(self) -> str:
@@ -379,7 +379,7 @@ class CheckpointManager:
         self.wait()
         with self._mutex:
             self._run.remove_owned()
-            self._run.record_retention()
+            self._run.document.record_retention(self._run.policy)
 
     # ------------------------------------------------------------------ lifetime
 

@@ -26,7 +26,7 @@ from .manifest import Manifest, check_metadata, to_float_metrics
 from .options import check_bool, describe
 from .replication import replicate, strip_device_axis
 from .retention import RetentionPolicy
-from .run import read_run_doc, recorded_policy
+from .run_doc import read_run_doc, recorded_policy
 from .storage import Storage, open_storage
 
 StepSpec = int | Literal["latest", "best"] | None

@@ -213,8 +213,12 @@ class RetentionPolicy:
 
     @classmethod
     def from_json(cls, doc: Mapping[str, object]) -> RetentionPolicy:
+        """The settings `to_json` recorded (a function `best_fn`, recorded by name, is None)."""
         fields = ("max_to_keep", "keep_period", "best_fn", "best_mode", "keep_best", "max_bytes")
-        return cls(**{k: doc[k] for k in fields if k in doc})  # type: ignore[arg-type]
+        options = {k: doc[k] for k in fields if k in doc}
+        if not isinstance(options.get("best_fn"), str):
+            options["best_fn"] = None
+        return cls(**options)  # type: ignore[arg-type]
 
     def missing_metric(self, metrics: Mapping[str, float]) -> str | None:
         """A warning when `best_fn` cannot rank a step saved with `metrics`, else None."""

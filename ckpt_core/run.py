@@ -5,12 +5,16 @@ Every reader and writer of a run goes through here: the manager, the one-shot fu
 is valid and names the same step; everything else the library owns is listed as an
 `OtherEntry`.
 
-"Best" has one meaning everywhere: the committed step ranked first by the run's `best_fn`
-(the one given to this process, else the one the run recorded in `run.json`; ties go to the
-newer step, NaN and infinities never rank). A run ranked by a function this process does not
-have (a callable `best_fn` is recorded by name only), or whose `run.json` is unreadable, is
-ranked by its writer: then the `best` pointer stands in, when it names a committed step. A run
-with no `best_fn` at all has no best step (None); so has one whose steps are all unranked.
+"Best" has one meaning everywhere (manager, one-shot functions, `ckpt`): the committed step
+ranked first by the run's `best_fn` (the one given to this process, else the one the run
+recorded in `run.json`; ties go to the newer step, NaN and infinities never rank). A run ranked
+by a function this process does not have (a callable `best_fn` is recorded by name only), or
+whose `run.json` is unreadable, was ranked by its writer: there the `best` pointer the writer
+kept stands in, when it names a committed step. A run with no `best_fn` has no best step
+(None; a writer without `best_fn` keeps no old best), and neither has one whose steps are all
+unranked. A policy applied without `best_fn` (`ckpt prune --metric none`) still keeps the
+run's best. Adapters map their own conventions onto this (Lightning's `best_model_path`
+without `monitor` is the latest checkpoint, as `ModelCheckpoint`'s is).
 
 Retention is recorded in `run.json` when a writer opens the run with settings that differ from
 the recorded ones (or none were recorded), never by a reader and never by `ckpt prune`, which
@@ -21,13 +25,12 @@ applies a policy once. The single writer holding the lock is the one that applie
 from __future__ import annotations
 
 import dataclasses
-import json
 import operator
 import os
 import socket
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,7 +41,8 @@ from .info import CheckpointInfo
 from .lock import Lock
 from .manifest import Manifest
 from .options import OnExisting, describe
-from .retention import RetentionPolicy, StepFiles
+from .retention import KEEP_REASONS, RetentionPolicy, StepFiles
+from .run_doc import RunDocument, ranking_unknown, read_run_doc_checked, recorded_policy
 from .storage import Storage, new_token, open_storage, step_files
 
 StepSpec = int | Literal["latest", "best"] | None
@@ -110,57 +114,63 @@ def read_pointer(storage: Storage, pointer: str) -> int | None:
     return layout.parse_step(text)
 
 
-def read_run_doc(storage: Storage) -> dict[str, Any]:
-    """`run.json` (run metadata, completion mark, recorded retention), or {} if absent/unusable."""
-    return read_run_doc_checked(storage)[0]
-
-
-def read_run_doc_checked(storage: Storage) -> tuple[dict[str, Any], str | None]:
-    """`run.json` and, when it exists but cannot be used, why: ({}, "<path> is ...").
-
-    A damaged `run.json` must be told apart from an absent one: its recorded retention is
-    what protects steps from `ckpt prune`, and defaults in its place could delete them.
-    """
-    where = storage.join(layout.RUN_FILE)
-    try:
-        raw = storage.read_bytes(layout.RUN_FILE)
-    except (FileNotFoundError, NotADirectoryError):
-        return {}, None
-    except OSError as e:  # e.g. permissions
-        return {}, f"{where} is unreadable ({e.strerror or e})"
-    try:
-        doc = json.loads(raw)
-    except ValueError as e:
-        return {}, f"{where} is damaged (not JSON: {e})"
-    if not isinstance(doc, dict):
-        return {}, f"{where} is damaged (a JSON {type(doc).__name__}, not an object)"
-    return doc, None
-
-
-def recorded_policy(run_doc: dict[str, Any]) -> RetentionPolicy | None:
-    """The retention a writer recorded in `run.json`, or None (none recorded, or invalid)."""
-    recorded = run_doc.get("retention")
-    if not isinstance(recorded, dict):
+def _stand_in(
+    policy: RetentionPolicy, steps: list[CheckpointInfo], run_best: int | None
+) -> int | None:
+    if policy.best_fn is not None or run_best not in {i.step for i in steps}:
         return None
-    try:
-        return RetentionPolicy.from_json(recorded)
-    except (TypeError, ValueError):  # e.g. a hand-edited run.json
-        return None
+    return run_best
 
 
 def best_step(
-    policy: RetentionPolicy, steps: list[CheckpointInfo], pointer: int | None
+    policy: RetentionPolicy, steps: list[CheckpointInfo], run_best: int | None = None
 ) -> int | None:
-    """The run's best step, in the one meaning this module's docstring gives.
+    """The best step under `policy`, in the one meaning this module's docstring gives.
 
     Args:
-        policy: the retention in force (the caller's, else the run's recorded one).
+        policy: the retention in force: the caller's, else the run's recorded one.
         steps: the committed steps.
-        pointer: the step the run's `best` pointer names (None: no pointer).
+        run_best: the run's own best step, for a `policy` without `best_fn`: the `best`
+            pointer where the run's ranking is unknown to this process (`ranking_unknown`),
+            or the step the run's recorded `best_fn` ranks first (e.g. `ckpt prune --metric
+            none` still keeps it). A writer without `best_fn` passes None: it has no best.
     """
     if policy.best_fn is not None:
         return policy.best_step(steps)
-    return pointer if pointer in {i.step for i in steps} else None
+    return _stand_in(policy, steps, run_best)
+
+
+def ranked_steps(
+    policy: RetentionPolicy, steps: list[CheckpointInfo], run_best: int | None = None
+) -> list[int]:
+    """Every ranked committed step, best first (`best_step` is the first; same arguments)."""
+    if policy.best_fn is not None:
+        return policy.ranked(steps)
+    stand_in = _stand_in(policy, steps, run_best)
+    return [] if stand_in is None else [stand_in]
+
+
+def kept_because(
+    policy: RetentionPolicy, steps: list[CheckpointInfo], run_best: int | None = None
+) -> dict[int, tuple[str, ...]]:
+    """Why `policy` keeps each step (empty: it deletes it). Same arguments as `best_step`:
+    without `best_fn`, `run_best` is kept as "best" (unless `keep_best=0`)."""
+    why = policy.reasons(steps)
+    stand_in = _stand_in(policy, steps, run_best)
+    if stand_in is not None and policy.keep_best != 0:
+        why[stand_in] = tuple(r for r in KEEP_REASONS if r in (*why[stand_in], "best"))
+    return why
+
+
+def to_delete(
+    policy: RetentionPolicy,
+    steps: list[CheckpointInfo],
+    files: dict[int, StepFiles] | None,
+    run_best: int | None = None,
+) -> list[int]:
+    """The steps `policy` deletes: those no rule keeps, then those over its byte budget."""
+    why = kept_because(policy, steps, run_best)
+    return sorted([s for s, r in why.items() if not r] + policy.over_budget(steps, files))
 
 
 def info_of(manifest: Manifest, path: Path | str) -> CheckpointInfo:
@@ -240,11 +250,17 @@ class Run:
     Args:
         storage: the run directory.
         policy: the retention in force (see `adopt_recorded_retention` for readers).
+        pointer_ranks: the `best` pointer stands in for a ranking this process does not
+            have (see `ranking_unknown`); only ever for readers and `ckpt prune`.
     """
 
-    def __init__(self, storage: Storage, policy: RetentionPolicy) -> None:
+    def __init__(
+        self, storage: Storage, policy: RetentionPolicy, *, pointer_ranks: bool = False
+    ) -> None:
         self.storage = storage
         self.policy = policy
+        self.pointer_ranks = pointer_ranks
+        self.document = RunDocument(storage)
         self.infos: dict[int, CheckpointInfo] = {}
         self._files: dict[int, StepFiles] = {}
         self._unstated: dict[int, Manifest] = {}  # committed, files not stat'ed yet
@@ -306,9 +322,7 @@ class Run:
 
     def best_step(self) -> int | None:
         """The best committed step (see the module docstring for the one meaning of best)."""
-        pointer = None
-        if self.policy.best_fn is None:
-            pointer = read_pointer(self.storage, layout.BEST_POINTER)
+        pointer = read_pointer(self.storage, layout.BEST_POINTER) if self.pointer_ranks else None
         return best_step(self.policy, list(self.infos.values()), pointer)
 
     def resolve(self, spec: StepSpec) -> int:
@@ -340,9 +354,15 @@ class Run:
             )
         return found
 
-    def reasons(self) -> dict[int, tuple[str, ...]]:
-        """Why retention keeps each committed step (an empty tuple: it would delete it)."""
-        return self.policy.reasons(list(self.infos.values()))
+    def reasons(self, policy: RetentionPolicy | None = None) -> dict[int, tuple[str, ...]]:
+        """Why `policy` (default: the run's) keeps each step (empty: it would delete it)."""
+        return kept_because(policy or self.policy, list(self.infos.values()), self.best_step())
+
+    def to_delete(self, policy: RetentionPolicy | None = None) -> list[int]:
+        """The steps `policy` (default: the run's) deletes, ascending."""
+        policy = policy or self.policy
+        files = self.step_files() if policy.max_bytes is not None else None
+        return to_delete(policy, list(self.infos.values()), files, self.best_step())
 
     def step_files(self) -> dict[int, StepFiles]:
         """Every committed step's payload files by identity (shared bytes count once)."""
@@ -368,7 +388,7 @@ class Run:
         record = CheckpointInfo(step, 0.0, metrics, None, "", 0, "")
         files = self._budget_files()
         files = None if files is None else {**files, step: {}}
-        if step not in self.policy.to_delete([*self.infos.values(), record], files):
+        if step not in to_delete(self.policy, [*self.infos.values(), record], files):
             return
         raise ValueError(
             f"step {step} is older than the latest step {latest} in {self.storage.root} and "
@@ -422,8 +442,8 @@ class Run:
             else:
                 self.quarantine_damaged_newest()
                 resuming = bool(self.infos)
-        self.set_aside_damaged_doc()
-        self.record_retention()
+        self.document.set_aside_if_damaged()
+        self.document.record_retention(self.policy)
         return resuming
 
     def committed(self, manifest: Manifest) -> list[int]:
@@ -444,9 +464,7 @@ class Run:
         Returns:
             The deleted steps, ascending.
         """
-        policy = policy or self.policy
-        files = self.step_files() if policy.max_bytes is not None else None
-        doomed = policy.to_delete(list(self.infos.values()), files)
+        doomed = self.to_delete(policy)
         for step in doomed:
             self._forget(step)
             self.storage.delete_step(layout.step_dirname(step))
@@ -462,7 +480,7 @@ class Run:
         policy = policy or self.policy
         targets = {layout.LATEST_POINTER: self.latest_step()}
         if policy.best_fn is not None:
-            targets[layout.BEST_POINTER] = policy.best_step(list(self.infos.values()))
+            targets[layout.BEST_POINTER] = best_step(policy, list(self.infos.values()))
         elif read_pointer(self.storage, layout.BEST_POINTER) not in self.infos and (
             self.storage.exists(layout.BEST_POINTER)
         ):
@@ -506,77 +524,8 @@ class Run:
                 self._forget(step)
         self.refresh_pointers()
 
-    # -------------------------------------------------------------- run.json
-
-    def doc(self) -> dict[str, Any]:
-        """`run.json`, or {} when absent or unusable."""
-        return read_run_doc(self.storage)
-
-    def write_doc(self, doc: dict[str, Any]) -> None:
-        """Replace `run.json` atomically (TypeError if `doc` is not JSON)."""
-        try:
-            raw = json.dumps(doc, indent=1).encode()
-        except TypeError as e:
-            raise TypeError(f"run metadata must be JSON-serialisable: {e}") from None
-        self.storage.write_small(layout.RUN_FILE, raw)
-
-    def update_metadata(self, values: Mapping[str, Any]) -> None:
-        """Merge `values` into the run metadata of `run.json` (written atomically)."""
-        if not isinstance(values, Mapping):
-            raise TypeError(
-                f"update_run_metadata takes a dict of JSON values; found {describe(values)}. "
-                "HINT: e.g. update_run_metadata({'seed': 0})."
-            )
-        doc = self.doc()
-        doc["metadata"] = {**doc.get("metadata", {}), **values}
-        self.write_doc(doc)
-
-    def mark_complete(self) -> None:
-        """Record in `run.json` that the run finished, at its latest step."""
-        doc = self.doc()
-        doc.update(complete=True, completed_at=time.time(), final_step=self.latest_step())
-        self.write_doc(doc)
-
-    def set_aside_damaged_doc(self) -> None:
-        """Move a damaged `run.json` aside (never overwrite it): its metadata may be recoverable."""
-        try:
-            raw = self.storage.read_bytes(layout.RUN_FILE)
-        except FileNotFoundError:
-            return
-        try:
-            doc = json.loads(raw)
-        except ValueError:  # not JSON, or not UTF-8
-            doc = None
-        if isinstance(doc, dict):
-            return
-        aside = layout.corrupt_run_filename(int(time.time()))
-        self.storage.write_small(aside, raw)  # a copy, then the removal: works on every store
-        self.storage.remove(layout.RUN_FILE)
-        warnings.warn(
-            f"{self.storage.join(layout.RUN_FILE)} is damaged (not a JSON object); moved aside "
-            f"to {aside} and starting a new one: the run metadata, completion mark and recorded "
-            "retention in it are not used. HINT: recover what you need from the file moved aside.",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-
-    def record_retention(self) -> None:
-        """Record the writer's retention in `run.json` when none, or other settings, are there.
-
-        A writer that cannot rank as the recorded `best_fn` function did (it has no `best_fn`,
-        every other setting equal) leaves the record: that writer's `best` pointer still
-        names the run's best step.
-        """
-        doc = self.doc()
-        recorded, mine = doc.get("retention"), self.policy.to_json()
-        if isinstance(recorded, dict) and self.policy.best_fn is None:
-            mine = {**mine, "best_fn_callable": recorded.get("best_fn_callable")}
-        if recorded != mine:
-            doc["retention"] = self.policy.to_json()
-            self.write_doc(doc)
-
     def adopt_recorded_retention(self) -> None:
         """Rank and explain retention as the run's writer did (for a reader given no best_fn)."""
-        recorded = recorded_policy(self.doc())
-        if recorded is not None:
-            self.policy = recorded
+        doc, error = read_run_doc_checked(self.storage)
+        self.policy = recorded_policy(doc) or self.policy
+        self.pointer_ranks = ranking_unknown(doc, error)

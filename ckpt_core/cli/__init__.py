@@ -12,8 +12,9 @@ Exit status: 0 success, 1 damage found, 2 bad input (one line on stderr, never a
 Human output is a rich table on a terminal and plain columns when piped; `--json` for scripts.
 
 One module per command (`ls`, `show`, `verify`, `prune`, `best`); `_output` prints, `_arguments`
-parses, `_targets` finds the runs and step a command acts on, and `_run_rules` holds the
-retention and best-step rules until the run model takes them over.
+parses (and merges retention options over the run's recorded ones), `_targets` finds the runs
+and step a command acts on. What a run keeps, ranks best and points at is the run model's
+(`ckpt_core.run`, `ckpt_core.listing`): no command has rules of its own.
 """
 
 from __future__ import annotations

@@ -1,10 +1,16 @@
-"""The types of the `ckpt` command's arguments, and the retention options two commands share."""
+"""The types of the `ckpt` command's arguments, and the retention policy they ask for."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
 
+from ..inspect import human_bytes
 from ..options import parse_size
+from ..retention import DEFAULT_POLICY, RetentionPolicy
+from ._output import BadInput
 
 OFF = "none"  # `--keep-period none`, `--metric none`: turn off a rule the run recorded
 
@@ -108,3 +114,61 @@ def _add_retention(p: argparse.ArgumentParser, *, explain: str) -> None:
         help="then delete steps until the run fits SIZE, e.g. 20GB or 500MiB (recent first, "
         "then period, then worst ranked; never the latest or best); 'none': turn it off",
     )
+
+
+@dataclass
+class Retention:
+    """The retention policy a command applies, and where its options came from."""
+
+    policy: RetentionPolicy
+    source: str
+
+    def describe(self, keeps_run_best: bool = True) -> str:
+        p = self.policy
+        parts = [f"max_to_keep={'all' if p.max_to_keep is None else p.max_to_keep}"]
+        if p.keep_period is not None:
+            parts.append(f"keep_period={p.keep_period}")
+        if p.best_fn is not None:
+            parts.append(f"keep_best={p.keep_best} by {p.best_fn!s} ({p.best_mode})")
+        elif p.keep_best and keeps_run_best:
+            parts.append("the run's best pointer")
+        if p.max_bytes is not None:
+            parts.append(f"within max_bytes={human_bytes(p.max_bytes)}")
+        return " + ".join(parts) + f" ({self.source})"
+
+    def as_json(self) -> dict[str, Any]:
+        doc = {k: v for k, v in self.policy.to_json().items() if k != "best_fn_callable"}
+        return {**doc, "source": self.source}
+
+
+def _retention(
+    args: argparse.Namespace, run_doc: dict[str, Any], run_doc_error: str | None = None
+) -> Retention:
+    """Command-line options over the run's recorded retention over the manager's defaults."""
+    source = "CheckpointManager defaults; pass the run's options to match it"
+    if run_doc_error is not None:
+        source = "CheckpointManager defaults: run.json is unreadable; pass the run's options"
+    recorded = run_doc.get("retention")
+    given: dict[str, Any] = {
+        "max_to_keep": getattr(args, "max_to_keep", None),
+        "keep_period": getattr(args, "keep_period", None),
+        "best_fn": getattr(args, "metric", None),
+        "best_mode": getattr(args, "mode", None),
+        "keep_best": getattr(args, "keep_best", None),
+        "max_bytes": getattr(args, "max_bytes", None),
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    given = {
+        k: None if v == OFF or (k, v) == ("max_to_keep", "all") else v for k, v in given.items()
+    }
+    try:  # a hand-edited run.json or a bad combination of options: bad input
+        policy = DEFAULT_POLICY
+        if isinstance(recorded, dict):
+            policy, source = RetentionPolicy.from_json(recorded), "recorded in run.json"
+        if given:
+            policy = dataclasses.replace(policy, **given)
+            recorded_too = isinstance(recorded, dict)
+            source = f"command line + {source}" if recorded_too else "from the command line"
+    except (TypeError, ValueError) as e:
+        raise BadInput(str(e)) from None
+    return Retention(policy, source)

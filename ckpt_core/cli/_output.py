@@ -175,3 +175,10 @@ def _ranges(steps: Iterable[int]) -> str:
 
 def _warn(message: str) -> None:
     print(f"ckpt: warning: {' '.join(message.split())}", file=sys.stderr)
+
+
+def _run_doc_warning(error: str) -> str:
+    return (
+        f"{error}; its recorded retention and completion are not used. HINT: restore run.json, "
+        "or give `ckpt prune` every rule: --max-to-keep, --keep-period and --metric"
+    )

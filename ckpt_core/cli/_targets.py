@@ -6,10 +6,11 @@ import argparse
 import os
 
 from .. import layout
-from ..inspect import RunListing, find_runs, open_directory
+from ..listing import MAX_RUN_DEPTH, RunListing, find_runs
+from ..run import open_directory
 from ..storage import Storage
+from ._arguments import _retention
 from ._output import BadInput, _ranges
-from ._run_rules import _no_best_message, _retention
 
 
 def _is_url(directory: str) -> bool:
@@ -47,8 +48,6 @@ def _runs(directory: str) -> list[str]:
 
 
 def _depth_note() -> str:
-    from ..inspect import MAX_RUN_DEPTH
-
     return f"{MAX_RUN_DEPTH} levels deep"
 
 
@@ -85,7 +84,7 @@ def _resolve_step(listing: RunListing, wanted: int | str | None, args: argparse.
             raise BadInput(f"{listing.directory} has no committed step")
         return committed[-1]
     if wanted == "best":
-        step = _retention(args, {}).best(listing)
+        step = listing.best_step(_retention(args, listing.run_doc, listing.run_doc_error).policy)
         if step is None:
             raise BadInput(_no_best_message(listing, getattr(args, "metric", None)))
         return step
@@ -97,4 +96,17 @@ def _resolve_step(listing: RunListing, wanted: int | str | None, args: argparse.
         raise BadInput(f"step {wanted} is not a committed step: {invalid.detail}")
     raise BadInput(
         f"no step {wanted} in {listing.directory}; committed steps: {_ranges(committed) or 'none'}"
+    )
+
+
+def _no_best_message(listing: RunListing, metric: str | None) -> str:
+    if metric is not None:
+        found = sorted({k for i in listing.steps for k in i.metrics})
+        return (
+            f"no step of {listing.directory} has a number for metric {metric!r}; metrics found: "
+            f"{found}"
+        )
+    return (
+        f"{listing.directory} has no best pointer (its run had no best_fn, or no step was "
+        "ranked). HINT: rank by a metric: --metric val_loss [--mode max]"
     )

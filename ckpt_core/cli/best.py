@@ -7,11 +7,21 @@ import sys
 
 from .. import layout
 from ..info import CheckpointInfo
-from ..inspect import scan_run
+from ..listing import RunListing, scan_run
+from ..retention import DEFAULT_POLICY, RetentionPolicy
+from ..run_doc import ranking_unknown
 from ..storage import Storage
-from ._output import EXIT_DAMAGED, EXIT_OK, BadInput, Output, _plural, _print_json, _warn
-from ._run_rules import _best_candidates, _no_best_message, _run_doc_warning
-from ._targets import _single_run
+from ._output import (
+    EXIT_DAMAGED,
+    EXIT_OK,
+    BadInput,
+    Output,
+    _plural,
+    _print_json,
+    _run_doc_warning,
+    _warn,
+)
+from ._targets import _no_best_message, _single_run
 from .verify import verify_step
 
 
@@ -59,6 +69,20 @@ def cmd_best(args: argparse.Namespace, out: Output) -> int:
     else:
         print(path)
     return EXIT_OK
+
+
+def _best_candidates(
+    listing: RunListing, metric: str | None, mode: str | None
+) -> tuple[list[int], str]:
+    """The committed steps, best first, and what ranked them: `--metric`, else the run's own
+    ranking (the one meaning of best, `ckpt_core.run`: its recorded best_fn, else its pointer)."""
+    if metric is not None:
+        policy = RetentionPolicy(best_fn=metric, best_mode=mode or "min")  # type: ignore[arg-type]
+        return policy.ranked(listing.steps), f"metric {metric!r}"
+    policy = listing.recorded_policy or DEFAULT_POLICY
+    if policy.best_fn is None or ranking_unknown(listing.run_doc, listing.run_doc_error):
+        return listing.ranked_steps(policy), "best pointer"
+    return listing.ranked_steps(policy), f"recorded best_fn {policy.best_fn!r}"
 
 
 def _best_path(storage: Storage, info: CheckpointInfo) -> str:

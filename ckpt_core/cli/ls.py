@@ -7,10 +7,21 @@ import os
 import time
 from typing import Any
 
-from ..inspect import RunListing, human_bytes, open_directory, scan_run
-from ..retention import OVER_BUDGET, committed_bytes
-from ._output import EXIT_OK, BadInput, Output, _plural, _print_json, _when, plain_widths
-from ._run_rules import Retention, _policy_of, _retention, _run_doc_warning
+from ..inspect import human_bytes
+from ..listing import RunListing, scan_run
+from ..retention import OVER_BUDGET, RetentionPolicy, committed_bytes
+from ..run import open_directory
+from ._arguments import Retention, _retention
+from ._output import (
+    EXIT_OK,
+    BadInput,
+    Output,
+    _plural,
+    _print_json,
+    _run_doc_warning,
+    _when,
+    plain_widths,
+)
 from ._targets import _is_url, _runs
 
 
@@ -48,10 +59,10 @@ def _has_entries(url: str) -> bool:
 
 
 def _ls_doc(listing: RunListing, retention: Retention) -> dict[str, Any]:
-    why = retention.reasons(listing)
-    over_budget = set(retention.over_budget(listing))
+    why = listing.kept_because(retention.policy)
+    over_budget = set(retention.policy.over_budget(listing.steps, listing.files))
     latest = listing.steps[-1].step if listing.steps else None
-    best = retention.best(listing)
+    best = listing.best_step(retention.policy)
     steps = [
         {
             "step": i.step,
@@ -111,9 +122,8 @@ def _render_run(
     if doc["best"] is not None:
         head.append(f"best {doc['best']}")
     out.line(f"{run}  ·  " + "  ·  ".join(head), style="bold")
-    retention = Retention(_policy_of(doc["retention"]), doc["retention"]["source"])
-    has_pointer = listing.best_pointer is not None
-    out.line(f"  why kept: {retention.describe(has_pointer)}", style="dim")
+    retention = Retention(RetentionPolicy.from_json(doc["retention"]), doc["retention"]["source"])
+    out.line(f"  why kept: {retention.describe(listing.run_best() is not None)}", style="dim")
     if doc["run_json_error"]:
         out.line(f"  {_run_doc_warning(doc['run_json_error'])}", style="bold red")
     monitored = doc["retention"]["best_fn"]

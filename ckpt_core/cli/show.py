@@ -12,16 +12,10 @@ from typing import Any
 
 from .. import layout
 from ..errors import CorruptCheckpointError
-from ..inspect import (
-    TreeEntry,
-    TreeListing,
-    human_bytes,
-    list_tree,
-    open_directory,
-    read_manifest,
-    scan_run,
-)
+from ..inspect import TreeEntry, TreeListing, human_bytes, list_tree
+from ..listing import scan_run
 from ..manifest import CHECKSUM, Manifest
+from ..run import open_directory, read_manifest
 from ..storage import Storage
 from ._output import (
     EXIT_DAMAGED,
@@ -32,10 +26,10 @@ from ._output import (
     _metrics_text,
     _plural,
     _print_json,
+    _run_doc_warning,
     _warn,
     _when,
 )
-from ._run_rules import _run_doc_warning
 from ._targets import _is_url, _parse_step, _resolve_step, _single_run
 
 
@@ -45,7 +39,7 @@ def cmd_show(args: argparse.Namespace, out: Output) -> int:
     latest = best = False
     if listing is not None:
         latest = bool(listing.steps) and listing.steps[-1].step == manifest.step
-        best = listing.best_pointer == manifest.step
+        best = listing.run_best() == manifest.step
         if listing.run_doc_error:
             _warn(_run_doc_warning(listing.run_doc_error))
     try:

@@ -10,7 +10,9 @@ from .. import layout
 from ..errors import CorruptCheckpointError
 from ..formats import StepReader
 from ..info import CheckpointInfo
-from ..inspect import human_bytes, open_directory, read_manifest, scan_run
+from ..inspect import human_bytes
+from ..listing import scan_run
+from ..run import open_directory, read_manifest
 from ..storage import Storage
 from ._output import EXIT_DAMAGED, EXIT_OK, Output, _plural, _print_json
 from ._targets import _parse_step, _resolve_step, _runs, _single_run

@@ -21,7 +21,8 @@ import xxhash
 from ckpt_core import CheckpointManager, CorruptCheckpointError, layout, register_format
 from ckpt_core.cli import main
 from ckpt_core.formats import DescribableFormat, Format, StepReader, TreeEntry, TreeListing
-from ckpt_core.inspect import list_tree, open_directory, read_manifest
+from ckpt_core.inspect import list_tree
+from ckpt_core.run import open_directory, read_manifest
 
 
 class TextFormat:

@@ -339,7 +339,7 @@ def test_importing_one_format_module_first_leaves_every_format_available():
 def test_each_format_describes_a_step_without_loading_it_numpy_torch_jax(run_dir, fmt):
     from ckpt_core import get_format, layout
     from ckpt_core.formats import DescribableFormat, StepReader, TreeEntry
-    from ckpt_core.inspect import open_directory, read_manifest
+    from ckpt_core.run import open_directory, read_manifest
 
     make = {
         "tree": lambda shape: np.ones(shape, np.float32),

@@ -20,7 +20,8 @@ from ckpt_core import (
 from ckpt_core.info import CheckpointInfo
 from ckpt_core.listing import scan_run
 from ckpt_core.retention import DEFAULT_POLICY, RetentionPolicy
-from ckpt_core.run import Run, acquire_writer_lock, best_step, open_directory, recorded_policy
+from ckpt_core.run import Run, acquire_writer_lock, best_step, open_directory
+from ckpt_core.run_doc import recorded_policy
 
 
 def state(step: int) -> dict:
@@ -48,15 +49,15 @@ def by_loss(metrics):
 # ---------------------------------------------------------------- the one meaning of best
 
 
-def test_best_is_the_top_ranked_step_else_the_pointer_else_none():
+def test_best_is_the_top_ranked_step_else_the_runs_own_else_none():
     steps = [record(1, loss=0.5), record(2, loss=0.2), record(3, loss=0.2), record(4)]
     ranked = RetentionPolicy(best_fn="loss")
-    assert best_step(ranked, steps, pointer=1) == 3  # ranking wins; ties: the newer
-    assert best_step(RetentionPolicy(best_fn="acc"), steps, pointer=1) is None  # none ranked
+    assert best_step(ranked, steps, run_best=1) == 3  # ranking wins; ties: the newer
+    assert best_step(RetentionPolicy(best_fn="acc"), steps, run_best=1) is None  # none ranked
     unranked = RetentionPolicy()
-    assert best_step(unranked, steps, pointer=1) == 1  # the writer's pointer stands in
-    assert best_step(unranked, steps, pointer=9) is None  # ...only naming a committed step
-    assert best_step(unranked, steps, pointer=None) is None
+    assert best_step(unranked, steps, run_best=1) == 1  # e.g. the writer's pointer stands in
+    assert best_step(unranked, steps, run_best=9) is None  # ...only naming a committed step
+    assert best_step(unranked, steps, run_best=None) is None
 
 
 def test_a_run_ranked_by_a_function_is_ranked_by_its_pointer_everywhere(run_dir):
@@ -170,12 +171,28 @@ def test_applying_a_policy_deletes_steps_and_repairs_the_pointers(run_dir):
 
 def test_a_pointer_that_cannot_be_derived_is_removed_only_when_its_step_goes(run_dir):
     fill(run_dir, {1: 0.1, 2: 0.5, 3: 0.4}, best_fn=by_loss, max_to_keep=None)
-    storage = open_directory(run_dir)
-    run = Run(storage, RetentionPolicy(max_to_keep=None))
-    run.refresh_pointers()
-    assert run.best_step() == 1  # left as the ranking writer left it
-    run.apply_retention(RetentionPolicy(max_to_keep=1))
-    assert not (run_dir / layout.BEST_POINTER).exists() and run.best_step() is None
+    reader = Run(open_directory(run_dir), RetentionPolicy(max_to_keep=None))
+    reader.adopt_recorded_retention()
+    assert reader.pointer_ranks and reader.best_step() == 1  # as the ranking writer left it
+    assert reader.reasons()[1] == ("recent", "best")
+    writer = Run(open_directory(run_dir), RetentionPolicy(max_to_keep=1))
+    assert writer.best_step() is None  # a writer without best_fn has no best step
+    writer.refresh_pointers()
+    assert (run_dir / layout.BEST_POINTER).exists()  # its step is still there
+    assert writer.apply_retention() == [1, 2]
+    assert not (run_dir / layout.BEST_POINTER).exists()
+
+
+def test_prune_applies_a_policy_through_the_run_model_and_records_nothing(run_dir):
+    from ckpt_core.cli import main
+
+    fill(run_dir, {1: 0.1, 2: 0.5, 3: 0.4, 4: 0.3}, best_fn=by_loss, max_to_keep=None)
+    before = (run_dir / layout.RUN_FILE).read_bytes()
+    assert main(["prune", str(run_dir), "--max-to-keep", "1"]) == 0
+    with CheckpointManager(run_dir, read_only=True) as reader:
+        assert reader.all_steps() == [1, 4]  # 1: the best its writer's function ranked
+        assert "best" in reader.info(1).kept_because
+    assert (run_dir / layout.RUN_FILE).read_bytes() == before
 
 
 def test_the_resume_table_is_the_run_models(run_dir):
