@@ -1,15 +1,15 @@
 """The run directory: its committed steps, its run document, its pointers and retention applied to it.
 
 Every reader and writer of a run goes through here: the manager, the one-shot functions and
-`ckpt ls/prune/best`. A `step_*` directory is a committed step exactly when its manifest exists,
-is valid and names the same step; everything else the library owns is listed as an
-`OtherEntry`.
+`ckpt ls/prune/best` (`listing.py` builds on it for `ckpt ls`; `run_doc.py` holds `run.json`).
+A `step_*` directory is a committed step exactly when its manifest exists, is valid and names
+the same step.
 
 "Best" has one meaning everywhere (manager, one-shot functions, `ckpt`): the committed step
 ranked first by the run's `best_fn` (the one given to this process, else the one the run
 recorded in `run.json`; ties go to the newer step, NaN and infinities never rank). A run ranked
 by a function this process does not have (a callable `best_fn` is recorded by name only), or
-whose `run.json` is unreadable, was ranked by its writer: there the `best` pointer the writer
+whose `run.json` is unreadable or records no retention, was ranked by its writer: there the `best` pointer the writer
 kept stands in, when it names a committed step. A run with no `best_fn` has no best step
 (None; a writer without `best_fn` keeps no old best), and neither has one whose steps are all
 unranked. A policy applied without `best_fn` (`ckpt prune --metric none`) still keeps the
@@ -18,8 +18,9 @@ without `monitor` is the latest checkpoint, as `ModelCheckpoint`'s is).
 
 Retention is recorded in `run.json` when a writer opens the run with settings that differ from
 the recorded ones (or none were recorded), never by a reader and never by `ckpt prune`, which
-applies a policy once. The single writer holding the lock is the one that applies retention
-(`Run.apply_retention`) after each of its commits.
+applies a policy once. The single writer holding the lock is the one that applies retention,
+after each of its commits (`Run.committed`, called by `saver.Saver`), and the only one that
+repairs the pointers.
 """
 
 from __future__ import annotations
