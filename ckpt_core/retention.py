@@ -59,8 +59,8 @@ class StepRecord(Protocol):
 class RetentionPolicy:
     """The retention options of `CheckpointManager`, validated.
 
-    Its defaults are the manager's (and what `ckpt` assumes of a run that recorded none):
-    `DEFAULT_POLICY` below is the one place they are written.
+    Its field defaults are the one place the retention defaults are written: the manager's
+    signature and `ckpt` (for a run that recorded none) take them from `DEFAULT_POLICY`.
     """
 
     max_to_keep: int | None = 5

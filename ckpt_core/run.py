@@ -519,7 +519,7 @@ class Run:
                     f"step {step} in {self.storage.root} is damaged ({e}); moved aside to "
                     f"{aside} and resuming from the newest intact step instead.",
                     RuntimeWarning,
-                    stacklevel=5,
+                    stacklevel=4,
                 )
                 self.storage.rename(name, aside)
                 self._forget(step)

@@ -124,7 +124,7 @@ class RunDocument:
             f"to {aside} and starting a new one: the run metadata, completion mark and recorded "
             "retention in it are not used. HINT: recover what you need from the file moved aside.",
             RuntimeWarning,
-            stacklevel=5,
+            stacklevel=4,
         )
 
     def record_retention(self, policy: RetentionPolicy) -> None:
