@@ -6,7 +6,8 @@ from typing import Any
 
 from .. import _tree
 from ..errors import CheckpointError
-from .protocol import Format, Refusal
+from .protocol import Format
+from .refusal import Refusal
 
 _REGISTRY: dict[str, Format] = {}
 _BUILTIN_FORMATS = frozenset({"tree", "torch", "orbax", "pickle"})

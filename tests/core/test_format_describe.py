@@ -210,3 +210,20 @@ def test_torch_listing_of_a_damaged_pickle_keeps_the_zip_records(tmp_path):
     assert listing.entries == [] and listing.source == "nothing"
     assert "could not decode archive/data.pkl" in listing.notes[0]
     assert [name for name, _ in listing.records] == ["archive/data.pkl", "archive/version"]
+
+
+class HugeBytearray:
+    """Unpickling this calls bytearray(10**12): a terabyte from a pickle of a few bytes."""
+
+    def __reduce__(self) -> Any:
+        return (bytearray, (10**12,))
+
+
+@pytest.mark.parametrize("protocol", [2, 5])  # torch.save writes protocol 2
+def test_torch_listing_never_allocates_a_bytearray_a_pickle_sizes(tmp_path, protocol):
+    state = {"huge": HugeBytearray(), "blob": bytearray(b"abc"), "text": bytearray("xy", "latin1")}
+    plant_torch_step(tmp_path / "r", pickle.dumps(state, protocol=protocol))
+    entries = {e.path: e for e in tree_listing(tmp_path / "r", 1).entries}
+    assert entries["huge"].kind == "object" and "bytearray" in entries["huge"].value
+    assert entries["blob"] == TreeEntry("blob", "bytearray", value="<3 bytes>")
+    assert entries["text"] == TreeEntry("text", "bytearray", value="<2 bytes>")
