@@ -90,6 +90,7 @@ def cmd_show(args: argparse.Namespace, out: Output) -> int:
                 for e in tree.entries
             ],
             "records": [{"name": n, "size": s} for n, s in tree.records],
+            "summary": tree.summary,
         },
     }
     if args.json:
@@ -273,12 +274,7 @@ def _render_show(out: Output, doc: dict[str, Any]) -> None:
         rows,
         wrap=("path", "value"),
     )
-    if tree["records"]:
-        storages = [r for r in tree["records"] if "/data/" in r["name"]]
-        out.line(
-            f"  state.pt: {len(tree['records'])} zip records, {len(storages)} tensor storages "
-            f"({human_bytes(sum(r['size'] for r in storages))})",
-            style="dim",
-        )
+    if tree["summary"]:
+        out.line(f"  {tree['summary']}", style="dim")
     for note in tree["notes"]:
         out.line(f"  note: {note}", style="yellow")

@@ -98,9 +98,12 @@ class TreeListing:
             or "nothing" when no tree could be read.
         notes: what could not be shown, and why.
         records: (name, size) of the records inside a payload archive (torch's zip), if any.
+        summary: one line on the payload as a whole that `ckpt show` prints under the tree
+            (e.g. "state.pt: 13 zip records, 7 tensor storages (15.2 kB)"), or None.
     """
 
     entries: list[TreeEntry]
     source: str
     notes: list[str] = field(default_factory=list)
     records: list[tuple[str, int]] = field(default_factory=list)
+    summary: str | None = None

@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import _tree
 from ..errors import CorruptCheckpointError
+from ..options import human_bytes
 from .listing_values import short_value
 from .protocol import TreeEntry, TreeListing
 from .reader import StepReader
@@ -28,7 +29,19 @@ MAX_PICKLE_BYTES = 256 << 20  # the largest data.pkl decoded for a listing
 
 
 def describe_torch_file(reader: StepReader, name: str) -> TreeListing:
-    """The tree of the `torch.save` file `name` of a step, from its zip directory and pickle."""
+    """The tree of the `torch.save` file `name` of a step, from its zip directory and pickle;
+    its summary counts the zip's records and tensor storages."""
+    listing = _decode_torch_file(reader, name)
+    if listing.records:
+        storages = [size for record, size in listing.records if "/data/" in record]
+        listing.summary = (
+            f"{name}: {len(listing.records)} zip records, {len(storages)} tensor storages "
+            f"({human_bytes(sum(storages))})"
+        )
+    return listing
+
+
+def _decode_torch_file(reader: StepReader, name: str) -> TreeListing:
     how = (
         f"the zip directory of {name} and its pickle, decoded by a reader that imports and "
         "calls nothing (no torch.load)"
