@@ -10,10 +10,8 @@ from __future__ import annotations
 import time
 
 from . import layout
-from .errors import CheckpointError
-from .formats import DescribableFormat, StepReader, get_format
-from .formats import TreeEntry as TreeEntry  # for the CLI: what `list_tree` lists
-from .formats import TreeListing as TreeListing
+from .errors import CheckpointError, CorruptCheckpointError
+from .formats import DescribableFormat, StepReader, TreeListing, get_format
 from .manifest import Manifest
 from .storage import Storage
 
@@ -23,8 +21,9 @@ from .storage import Storage
 def list_tree(storage: Storage, manifest: Manifest, step_dir: str | None = None) -> TreeListing:
     """Describe every leaf of a committed step from its headers; no array is loaded.
 
-    The step's format describes it (`DescribableFormat.describe`); a format without
-    `describe`, or one not registered in this process, is shown as its files only.
+    The step's format describes it (`DescribableFormat.describe`). A format not registered in
+    this process, one without `describe`, or one whose `describe` fails with anything but
+    `CorruptCheckpointError` gives no entries and a note saying which.
 
     Args:
         storage: the run directory.
@@ -39,11 +38,18 @@ def list_tree(storage: Storage, manifest: Manifest, step_dir: str | None = None)
     try:
         fmt = get_format(manifest.format)
     except CheckpointError:
-        fmt = None
+        note = f"format {manifest.format!r} is not registered in this process; files only"
+        return TreeListing([], "nothing", [note])
     if not isinstance(fmt, DescribableFormat):
         note = f"format {manifest.format!r} has no header reader; files only"
         return TreeListing([], "nothing", [note])
-    return fmt.describe(reader)
+    try:
+        return fmt.describe(reader)
+    except CorruptCheckpointError:
+        raise
+    except Exception as e:  # a user format's describe failing must not hide the step's files
+        note = f"format {manifest.format!r} failed to describe the step ({type(e).__name__}: {e})"
+        return TreeListing([], "nothing", [f"{note}; files only"])
 
 
 # ---------------------------------------------------------------- small helpers for callers
@@ -56,15 +62,3 @@ def age(seconds_since_epoch: float, now: float | None = None) -> str:
         if delta >= size:
             return f"{int(delta // size)}{unit}"
     return f"{int(delta)}s"
-
-
-def human_bytes(n: int | None) -> str:
-    """`1.2 MB`: decimal units, as `ls -h --si` and disk vendors count."""
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")

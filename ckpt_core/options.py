@@ -123,6 +123,18 @@ def parse_size(name: str, value: Any) -> int | None:
     return nbytes
 
 
+def human_bytes(n: int | None) -> str:
+    """`1.2 MB`: decimal units, as `ls -h --si` and disk vendors count."""
+    if n is None:
+        return "?"
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
 def on_existing_from_flags(resume: bool, overwrite: bool, *, caller: str) -> OnExisting:
     """The `on_existing` option for an adapter's `resume` and `overwrite` flags.
 

@@ -13,6 +13,10 @@ state = {"model": ..., "rng": global_rng_state(include_torch=True)}
 set_global_rng_state(restored["rng"])
 ```
 
+A numpy `Generator` a program owns (a runner's, an env's `np_random`) is captured with
+`generator_state` and put back in place with `set_generator_state`, in the same encoding as the
+global numpy stream.
+
 No framework is imported here: numpy is imported when used, and torch's generators are captured
 (when asked) and restored only when the user's program has imported torch already.
 """
@@ -23,9 +27,9 @@ import random
 import struct
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
-__all__ = ["global_rng_state", "set_global_rng_state"]
+__all__ = ["generator_state", "global_rng_state", "set_generator_state", "set_global_rng_state"]
 
 
 def global_rng_state(*, include_torch: bool = False) -> dict[str, Any]:
@@ -45,11 +49,7 @@ def global_rng_state(*, include_torch: bool = False) -> dict[str, Any]:
     import numpy as np
 
     version, internal, gauss = random.getstate()
-    numpy_state = np.random.get_state(legacy=False)
-    numpy_state["state"] = {
-        "key": numpy_state["state"]["key"].astype("<u4").tobytes().hex(),
-        "pos": int(numpy_state["state"]["pos"]),
-    }
+    numpy_state = _encode(np.random.get_state(legacy=False))
     words = struct.pack(f"<{len(internal)}I", *internal).hex()
     states: dict[str, Any] = {"python": [version, words, gauss], "numpy": numpy_state}
     torch = sys.modules.get("torch") if include_torch else None
@@ -93,11 +93,7 @@ def set_global_rng_state(state: Mapping[str, Any]) -> None:
                 )
             )
         else:
-            numpy_state = dict(npy)
-            inner = numpy_state["state"]
-            key = np.asarray(_words(inner["key"]), np.uint32)
-            numpy_state["state"] = {"key": key, "pos": inner["pos"]}
-            np.random.set_state(numpy_state)
+            np.random.set_state(_decode(npy, np.random.get_state(legacy=False)))
     torch = sys.modules.get("torch") if "torch" in state or "cuda" in state else None
     if torch is None:
         return
@@ -105,6 +101,73 @@ def set_global_rng_state(state: Mapping[str, Any]) -> None:
         torch.set_rng_state(_byte_tensor(torch, state["torch"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([_byte_tensor(torch, s) for s in state["cuda"]])
+
+
+def generator_state(generator: Any) -> dict[str, Any]:
+    """A numpy `Generator`'s (or bit generator's) state as JSON-serialisable data.
+
+    Its bit generator's `state` dict, each array in it (MT19937's key, Philox's counter) as one
+    hex string of its little-endian bytes, as `global_rng_state` writes the global stream.
+    """
+    return cast(dict[str, Any], _encode(getattr(generator, "bit_generator", generator).state))
+
+
+def set_generator_state(generator: Any, state: Mapping[str, Any]) -> Any:
+    """Load what `generator_state` returned into the numpy `generator`, in place.
+
+    In place, so code holding `generator` draws from the restored stream. Also reads the Gym
+    adapter's older layout (arrays as `{"__ndarray__": [...], "dtype": ...}`).
+
+    Args:
+        generator: the live `numpy.random.Generator`.
+        state: the saved state (after a JSON round trip or not).
+
+    Returns:
+        `generator`, or a new `Generator` when the state is of another bit generator kind.
+    """
+    import numpy as np
+
+    kind = state["bit_generator"]
+    if type(generator.bit_generator).__name__ == kind:
+        generator.bit_generator.state = _decode(state, generator.bit_generator.state)
+        return generator
+    bit_generator = getattr(np.random, kind)()
+    bit_generator.state = _decode(state, bit_generator.state)
+    return np.random.Generator(bit_generator)
+
+
+def _encode(value: Any) -> Any:
+    """A bit generator's state (ints up to 128 bits, numpy arrays and scalars) as JSON data."""
+    import numpy as np
+
+    if isinstance(value, Mapping):
+        return {k: _encode(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_encode(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.astype(value.dtype.newbyteorder("<")).tobytes().hex()
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _decode(value: Any, template: Any) -> Any:
+    """`_encode`'s output back, arrays rebuilt with the dtype and shape of `template`'s (the
+    live state of the same kind); also from the older layouts (lists of ints, tensors, Gym's
+    `{"__ndarray__": ...}`)."""
+    import numpy as np
+
+    if isinstance(template, np.ndarray):
+        if isinstance(value, str):
+            stored = np.frombuffer(bytes.fromhex(value), template.dtype.newbyteorder("<"))
+            return stored.astype(template.dtype).reshape(template.shape)
+        if isinstance(value, Mapping) and "__ndarray__" in value:
+            return np.asarray(value["__ndarray__"], dtype=value["dtype"])
+        return np.asarray(value.tolist() if hasattr(value, "tolist") else value, template.dtype)
+    if isinstance(value, Mapping):
+        inner = template if isinstance(template, Mapping) else {}
+        return {k: _decode(v, inner.get(k)) for k, v in value.items()}
+    return value
 
 
 def _words(values: Any) -> list[int]:

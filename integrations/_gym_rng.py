@@ -1,10 +1,11 @@
-"""Every random stream of a Gymnasium run, captured as JSON data and put back in place.
+"""Every random stream of a Gymnasium run but torch's, captured as JSON data and put back in place.
 
 A bit-exact resume needs all of them: the runner's generator (the one `agent.act` draws
 from), the env's (or each sub-env's) `np_random`, the action space's generators (sub-spaces
-included), Python's `random` and numpy's global `np.random` (through `ckpt_core.rng`), and
-torch's CPU generator when torch is imported. Generators are restored in place where their
-kind allows, so code holding a reference keeps the live one.
+included), and Python's `random` and numpy's global `np.random`; every one is encoded by
+`ckpt_core.rng`. torch's CPU generator, when the program imported torch, is saved as a tensor
+by `gym.py` beside these. Generators are restored in place where their kind allows, so code
+holding a reference keeps the live one.
 """
 
 from __future__ import annotations
@@ -17,46 +18,17 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from ckpt_core.rng import global_rng_state, set_global_rng_state
+from ckpt_core.rng import (
+    generator_state,
+    global_rng_state,
+    set_generator_state,
+    set_global_rng_state,
+)
 
 
-def torch_module() -> Any:
-    """torch if this process imported it (the runner never imports it on its own)."""
+def imported_torch() -> Any:
+    """torch if this process imported it, else None (the runner never imports it itself)."""
     return sys.modules.get("torch")
-
-
-def _jsonable(value: Any) -> Any:
-    """A bit generator state (ints up to 128 bits, possibly numpy arrays) as plain JSON."""
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return {"__ndarray__": value.tolist(), "dtype": value.dtype.name}
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-def _from_jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        if "__ndarray__" in value:
-            return np.asarray(value["__ndarray__"], dtype=value["dtype"])
-        return {k: _from_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_from_jsonable(v) for v in value]
-    return value
-
-
-def _set_generator(gen: np.random.Generator, state: Mapping[str, Any]) -> np.random.Generator:
-    """Load `state` into `gen` in place (other holders see it); a new generator if kinds differ."""
-    state = _from_jsonable(state)
-    if type(gen.bit_generator).__name__ == state["bit_generator"]:
-        gen.bit_generator.state = state
-        return gen
-    bit_generator = getattr(np.random, state["bit_generator"])()
-    bit_generator.state = state
-    return np.random.Generator(bit_generator)
 
 
 def _subspaces(space: gym.Space[Any], path: str = "") -> Iterator[tuple[str, gym.Space[Any]]]:
@@ -85,13 +57,12 @@ def _env_generators(env: Any) -> list[np.random.Generator]:
 
 def capture(runner_rng: np.random.Generator, env: Any, *, vector: bool) -> dict[str, Any]:
     """The runner's, the env's, the action space's and the global streams as JSON data."""
-    env_part: Any = [_jsonable(g.bit_generator.state) for g in _env_generators(env)]
+    env_part: Any = [generator_state(g) for g in _env_generators(env)]
     return {
-        "runner": _jsonable(runner_rng.bit_generator.state),
+        "runner": generator_state(runner_rng),
         "env": env_part if vector else env_part[0],
         "action_space": {
-            path: _jsonable(space.np_random.bit_generator.state)
-            for path, space in _subspaces(env.action_space)
+            path: generator_state(space.np_random) for path, space in _subspaces(env.action_space)
         },
         **global_rng_state(),  # Python's `random` and numpy's global `np.random`
     }
@@ -105,15 +76,15 @@ def restore(
     env_states = states["env"] if vector else [states["env"]]
     holders = getattr(env, "envs", [env]) if vector else [env]
     for holder, gen, state in zip(holders, _env_generators(env), env_states, strict=True):
-        restored = _set_generator(gen, state)
+        restored = set_generator_state(gen, state)
         if restored is not gen:
             holder.np_random = restored
     for path, space in _subspaces(env.action_space):
         if path in states["action_space"]:
-            gen = _set_generator(space.np_random, states["action_space"][path])
+            gen = set_generator_state(space.np_random, states["action_space"][path])
             space._np_random = gen  # Space has no public setter; seed() only takes ints
     set_global_rng_state(states)  # checkpoints older than numpy's stream restore Python's
-    return _set_generator(runner_rng, states["runner"])
+    return set_generator_state(runner_rng, states["runner"])
 
 
 def seed(runner_rng: np.random.Generator, env: Any, seed: int) -> None:
@@ -123,6 +94,6 @@ def seed(runner_rng: np.random.Generator, env: Any, seed: int) -> None:
     env.action_space.seed(seed)
     random.seed(seed)
     np.random.seed(seed)
-    torch = torch_module()
+    torch = imported_torch()
     if torch is not None:
         torch.manual_seed(seed)

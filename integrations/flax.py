@@ -14,11 +14,12 @@ What it accepts as a state:
   same objects are returned, so `model, optimizer = hook.restore_or((model, optimizer))` and
   plain `hook.restore_or((model, optimizer))` are equivalent.
 
-Python's `random` and numpy's global `np.random` (which data pipelines draw from) are saved
-with every step, in its metadata under `"flax"`, and put back by `restore_or` when a run
-resumes; JAX PRNG keys belong in the state itself. Turn this off with `save_global_rng=False`.
+JAX PRNG keys belong in the state itself, and the hook leaves the process's global generators
+alone by default, as orbax does. With `save_global_rng=True`, Python's `random` and numpy's
+global `np.random` (which data pipelines draw from) are saved with every step, in its metadata
+under `"ckpt_core.global_rng"`, and put back by `restore_or` when a run resumes.
 
-The default format is orbax: a step's payload is an orbax `StandardCheckpointer` checkpoint in
+The default format is orbax: a step's payload is an orbax standard checkpoint in
 `<step dir>/orbax`, readable without this library::
 
     import orbax.checkpoint as ocp
@@ -46,8 +47,9 @@ from ._flax_nnx import nnx_to_pure, pure_to_nnx, warn_if_dropout_stream_is_not_s
 
 __all__ = ["CkptHook"]
 
-# Key of the hook's own part of a step's metadata (the global generators' states).
-_META_KEY = "flax"
+# Key of the global generators' states in a step's metadata (save_global_rng=True): namespaced,
+# so that no key of the user's own is mistaken for it.
+GLOBAL_RNG_KEY = "ckpt_core.global_rng"
 
 Metrics = Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None
 
@@ -94,9 +96,11 @@ class CkptHook:
             next call saves, whatever the step; `preempted` is then True: stop the loop.
         storage_options: fsspec options for URL directories.
         save_global_rng: save Python's and numpy's global generator states with each step (in
-            its metadata) and restore them in `restore_or`, so that a resumed loop drawing
-            from `random`/`np.random` continues the same streams. In a multi-process job each
-            process has its own streams and only one writes the metadata: nothing is saved.
+            its metadata, under `"ckpt_core.global_rng"`) and restore them in `restore_or`, so
+            that a resumed loop drawing from `random`/`np.random` continues the same streams;
+            `restore_or` then overrides any seeding done before it. Off by default. In a
+            multi-process job each process has its own streams and only one writes the
+            metadata: nothing is saved.
 
     Raises:
         ValueError: both `resume` and `overwrite`, or an invalid `replicate_to`.
@@ -124,7 +128,7 @@ class CkptHook:
         replicate_to: int | None = None,
         save_on_signals: Iterable[int] | int | None = (),
         storage_options: Mapping[str, Any] | None = None,
-        save_global_rng: bool = True,
+        save_global_rng: bool = False,
     ) -> None:
         on_existing = on_existing_from_flags(resume, overwrite, caller="CkptHook")
         # Checked under the hook's own names (the manager would name save_interval_steps).
@@ -215,7 +219,9 @@ class CkptHook:
             True if a checkpoint was written (or, with `async_save`, is being written).
 
         Raises:
-            ValueError: a metric is not a scalar.
+            ValueError: a metric is not a scalar, or (with `save_global_rng`) `metadata` has
+                the key `"ckpt_core.global_rng"`; nothing is written then.
+            TypeError: a metric is not a number (a bool or a string included).
             ckpt_core.CheckpointError: a previous async write failed, or the write failed.
         """
         step = int(step)
@@ -266,7 +272,7 @@ class CkptHook:
         return metrics
 
     def _metadata_to_save(self, metadata: Any) -> Any:
-        """The user's metadata, with the global generators' states under `"flax"`."""
+        """The user's metadata, with the global generators' states under `GLOBAL_RNG_KEY`."""
         if not self._saves_global_rng():
             return metadata
         if metadata is not None and not isinstance(metadata, Mapping):
@@ -282,13 +288,13 @@ class CkptHook:
                 stacklevel=3,
             )
             return metadata
-        if metadata is not None and _META_KEY in metadata:
+        if metadata is not None and GLOBAL_RNG_KEY in metadata:
             raise ValueError(
-                f"CkptHook metadata has the key {_META_KEY!r}, which the hook uses for the "
-                "global generators' states (save_global_rng=True). HINT: rename the key, or "
-                "pass save_global_rng=False."
+                f"CkptHook metadata has the key {GLOBAL_RNG_KEY!r}, where the hook keeps the "
+                "global generators' states (save_global_rng=True); nothing was saved. HINT: "
+                "rename the key, or pass save_global_rng=False."
             )
-        return {**(metadata or {}), _META_KEY: {"global_rng": global_rng_state()}}
+        return {**(metadata or {}), GLOBAL_RNG_KEY: global_rng_state()}
 
     def _saves_global_rng(self) -> bool:
         # Per process streams cannot be restored from the one manifest the primary writes.
@@ -326,9 +332,10 @@ class CkptHook:
         assert step is not None
         restored = self.restore(state, step)
         if self._saves_global_rng():
-            saved = (self.manager.metadata(step) or {}).get(_META_KEY) or {}
-            if isinstance(saved, Mapping) and "global_rng" in saved:
-                set_global_rng_state(saved["global_rng"])
+            metadata = self.manager.metadata(step)
+            saved = metadata.get(GLOBAL_RNG_KEY) if isinstance(metadata, Mapping) else None
+            if isinstance(saved, Mapping):
+                set_global_rng_state(saved)
         return restored
 
     def restore(self, state: Any, step: int | Literal["latest", "best"] = "latest") -> Any:

@@ -432,7 +432,7 @@ class CkptRunnerHook:
             "episode_returns": np.asarray(returns, dtype=np.float64),
             "episode_lengths": np.asarray(lengths, dtype=np.int64),
             "rng": json.dumps(streams),
-            "torch_rng": _gym_rng.torch_module().get_rng_state() if torch_rng else None,
+            "torch_rng": _gym_rng.imported_torch().get_rng_state() if torch_rng else None,
         }
         if vector is not None:
             runner["vector"] = vector
@@ -442,7 +442,7 @@ class CkptRunnerHook:
 
     def _save(self, step: int, *, final: bool = False) -> None:
         assert self.manager is not None
-        torch_rng = _gym_rng.torch_module() is not None
+        torch_rng = _gym_rng.imported_torch() is not None
         meta: dict[str, Any] = {
             "timesteps": self.timesteps,
             "episodes": self.episodes,
@@ -478,7 +478,7 @@ class CkptRunnerHook:
         step = manager.latest_step()
         assert step is not None
         meta = step_metadata(manager, step, c)
-        if meta["torch_rng"] and _gym_rng.torch_module() is None:
+        if meta["torch_rng"] and _gym_rng.imported_torch() is None:
             import torch  # noqa: F401  # the saved run used torch; its generator is restored too
 
         # The template has the checkpoint's episode count, so only the agent can differ.
@@ -504,7 +504,7 @@ class CkptRunnerHook:
             self.rng, self._env, json.loads(runner["rng"]), vector=self._vector is not None
         )
         if runner["torch_rng"] is not None:
-            _gym_rng.torch_module().set_rng_state(runner["torch_rng"])
+            _gym_rng.imported_torch().set_rng_state(runner["torch_rng"])
         if self._vector is not None:
             self._vector.load(runner["vector"])
         self.resumed_from = self._last_step = step

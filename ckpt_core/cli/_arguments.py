@@ -7,8 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..inspect import human_bytes
-from ..options import parse_size
+from ..options import human_bytes, parse_size
 from ..retention import DEFAULT_POLICY, RetentionPolicy
 from ._output import BadInput
 

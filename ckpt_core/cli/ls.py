@@ -7,8 +7,8 @@ import os
 import time
 from typing import Any
 
-from ..inspect import human_bytes
 from ..listing import RunListing, scan_run
+from ..options import human_bytes
 from ..retention import OVER_BUDGET, RetentionPolicy, committed_bytes
 from ..run import open_directory
 from ._arguments import Retention, _retention

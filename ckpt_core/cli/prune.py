@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..inspect import human_bytes
 from ..listing import OtherEntry, RunListing, scan_run
+from ..options import human_bytes
 from ..retention import DEFAULT_POLICY, OVER_BUDGET, committed_bytes
 from ..run import Run, acquire_writer_lock
 from ..run_doc import ranking_unknown

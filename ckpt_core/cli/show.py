@@ -12,9 +12,11 @@ from typing import Any
 
 from .. import layout
 from ..errors import CorruptCheckpointError
-from ..inspect import TreeEntry, TreeListing, human_bytes, list_tree
+from ..formats import TreeEntry, TreeListing
+from ..inspect import list_tree
 from ..listing import scan_run
 from ..manifest import CHECKSUM, Manifest
+from ..options import human_bytes
 from ..run import open_directory, read_manifest
 from ..storage import Storage
 from ._output import (
@@ -84,6 +86,7 @@ def cmd_show(args: argparse.Namespace, out: Output) -> int:
                 for e in tree.entries
             ],
             "records": [{"name": n, "size": s} for n, s in tree.records],
+            "summary": tree.summary,
         },
     }
     if args.json:
@@ -267,12 +270,7 @@ def _render_show(out: Output, doc: dict[str, Any]) -> None:
         rows,
         wrap=("path", "value"),
     )
-    if tree["records"]:
-        storages = [r for r in tree["records"] if "/data/" in r["name"]]
-        out.line(
-            f"  state.pt: {len(tree['records'])} zip records, {len(storages)} tensor storages "
-            f"({human_bytes(sum(r['size'] for r in storages))})",
-            style="dim",
-        )
+    if tree["summary"]:
+        out.line(f"  {tree['summary']}", style="dim")
     for note in tree["notes"]:
         out.line(f"  note: {note}", style="yellow")

@@ -10,8 +10,8 @@ from .. import layout
 from ..errors import CorruptCheckpointError
 from ..formats import StepReader
 from ..info import CheckpointInfo
-from ..inspect import human_bytes
 from ..listing import scan_run
+from ..options import human_bytes
 from ..run import open_directory, read_manifest
 from ..storage import Storage
 from ._output import EXIT_DAMAGED, EXIT_OK, Output, _plural, _print_json

@@ -1,5 +1,7 @@
-"""The `orbax` format: an orbax-checkpoint `StandardCheckpointer` directory at `<step>/orbax`.
+"""The `orbax` format: an orbax-checkpoint standard checkpoint directory at `<step>/orbax`.
 
+It is written by orbax's synchronous `Checkpointer(StandardCheckpointHandler())` (the manager
+runs async saves itself), which lays it out as `StandardCheckpointer` does:
 `orbax.checkpoint.StandardCheckpointer().restore("<step dir>/orbax")` reads a payload with
 orbax alone. Restoring with `like` places every array in `like`'s sharding, so a state saved
 on 4 devices restores onto 2.
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
 import numpy as np
@@ -133,9 +134,7 @@ class OrbaxFormat:
             meta = ckptr.metadata(path)
         except Exception as e:  # orbax raises many kinds; the manifest is still worth showing
             return TreeListing([], "nothing", [f"orbax could not read its metadata: {e}"])
-        tree = getattr(meta, "item_metadata", meta)
-        tree = getattr(tree, "tree", tree)
-        entries = [_entry(_tree.path_str(keys), leaf) for keys, leaf in _walk_plain(tree, ())]
+        entries = [_entry(key, leaf) for key, leaf in _metadata_leaves(meta).items()]
         return TreeListing(entries, "orbax's checkpoint metadata")
 
 
@@ -193,18 +192,6 @@ def _describe_metadata(metadata: dict[str, Any], like: Any) -> dict[str, _tree.D
             described = (str(mine.dtype), tuple(mine.shape))  # orbax stores keys as key data
         out[key] = described
     return out
-
-
-def _walk_plain(node: Any, path: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], Any]]:
-    """Every leaf of orbax's metadata tree (dicts, lists and tuples of leaf metadata)."""
-    if isinstance(node, Mapping):
-        for k, v in node.items():
-            yield from _walk_plain(v, (*path, k))
-    elif isinstance(node, list | tuple) and not hasattr(type(node), "_fields"):
-        for i, v in enumerate(node):
-            yield from _walk_plain(v, (*path, i))
-    else:
-        yield path, node
 
 
 def _entry(key: str, leaf: Any) -> TreeEntry:

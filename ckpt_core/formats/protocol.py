@@ -8,7 +8,7 @@ Nothing here knows any built-in format: they implement this module, the registry
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ..storage import StepWriter
 from .reader import StepReader
@@ -98,29 +98,12 @@ class TreeListing:
             or "nothing" when no tree could be read.
         notes: what could not be shown, and why.
         records: (name, size) of the records inside a payload archive (torch's zip), if any.
+        summary: one line on the payload as a whole that `ckpt show` prints under the tree
+            (e.g. "state.pt: 13 zip records, 7 tensor storages (15.2 kB)"), or None.
     """
 
     entries: list[TreeEntry]
     source: str
     notes: list[str] = field(default_factory=list)
     records: list[tuple[str, int]] = field(default_factory=list)
-
-
-def short_value(value: Any) -> Any:
-    """A scalar as a listing shows it: long text cut, bytes as their length."""
-    if isinstance(value, str) and len(value) > 60:
-        return value[:57] + "..."
-    if isinstance(value, bytes):
-        return f"<{len(value)} bytes>"
-    return value
-
-
-PICKLE_HINT = "save with format='pickle' (restore then needs allow_pickle=True)"
-
-
-class Refusal(NamedTuple):
-    """Why a format cannot save a state: the first part it refuses, and a message with the fix."""
-
-    path: str  # of the refused leaf (or container), as `_tree.path_str` writes it
-    found: str  # what is there, e.g. "the pathlib.PosixPath"
-    message: str  # what was found, what the format takes, and a HINT
+    summary: str | None = None

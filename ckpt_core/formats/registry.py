@@ -6,7 +6,8 @@ from typing import Any
 
 from .. import _tree
 from ..errors import CheckpointError
-from .protocol import Format, Refusal
+from .protocol import Format
+from .refusal import Refusal
 
 _REGISTRY: dict[str, Format] = {}
 _BUILTIN_FORMATS = frozenset({"tree", "torch", "orbax", "pickle"})
@@ -27,6 +28,8 @@ def register_format(fmt: Format, *, replace: bool = False) -> None:
             f"{fmt!r} is not a Format: it needs a `name` and the methods accepts, snapshot, "
             "write and read (see ckpt_core.Format)."
         )
+    if fmt.name in _BUILTIN_FORMATS and not replace:
+        _load_builtin_formats()  # so a built-in's name is taken even before its first use
     if fmt.name in _REGISTRY and not replace and _REGISTRY[fmt.name] is not fmt:
         raise ValueError(
             f"a format named {fmt.name!r} is already registered; pass replace=True to override it."

@@ -32,8 +32,9 @@ from ..errors import UnsafeFormatError, plain_text
 from ..storage import StepWriter
 from .frameworks import torch_module
 from .like import fit_like
-from .protocol import PICKLE_HINT, Refusal, TreeListing
+from .protocol import TreeListing
 from .reader import StepReader
+from .refusal import PICKLE_HINT, Refusal
 from .snapshot import host_copy
 from .torch_listing import describe_torch_file
 

@@ -19,7 +19,9 @@ from typing import Any
 
 from .. import _tree
 from ..errors import CorruptCheckpointError
-from .protocol import TreeEntry, TreeListing, short_value
+from ..options import human_bytes
+from .listing_values import short_value
+from .protocol import TreeEntry, TreeListing
 from .reader import StepReader
 
 MAX_TREE_ENTRIES = 100_000  # a hostile pickle can name one object 2**50 times: stop listing early
@@ -27,7 +29,19 @@ MAX_PICKLE_BYTES = 256 << 20  # the largest data.pkl decoded for a listing
 
 
 def describe_torch_file(reader: StepReader, name: str) -> TreeListing:
-    """The tree of the `torch.save` file `name` of a step, from its zip directory and pickle."""
+    """The tree of the `torch.save` file `name` of a step, from its zip directory and pickle;
+    its summary counts the zip's records and tensor storages."""
+    listing = _decode_torch_file(reader, name)
+    if listing.records:
+        storages = [size for record, size in listing.records if "/data/" in record]
+        listing.summary = (
+            f"{name}: {len(listing.records)} zip records, {len(storages)} tensor storages "
+            f"({human_bytes(sum(storages))})"
+        )
+    return listing
+
+
+def _decode_torch_file(reader: StepReader, name: str) -> TreeListing:
     how = (
         f"the zip directory of {name} and its pickle, decoded by a reader that imports and "
         "calls nothing (no torch.load)"
@@ -179,6 +193,20 @@ def _latin1(text: Any, encoding: Any = "latin1") -> Any:
     return _placeholder_class("_codecs.encode")(text, encoding)
 
 
+_TEXT_ENCODINGS = ("latin1", "latin-1", "ascii", "utf-8", "utf8")
+
+
+def _bytearray(*args: Any) -> Any:
+    # Only a copy of bytes or text: `bytearray(10**12)` in a 40-byte pickle would allocate it.
+    if not args:
+        return bytearray()
+    if len(args) == 1 and isinstance(args[0], bytes):
+        return bytearray(args[0])
+    if len(args) == 2 and isinstance(args[0], str) and args[1] in _TEXT_ENCODINGS:
+        return bytearray(args[0], args[1])
+    return _placeholder_class("builtins.bytearray")(*args)
+
+
 _PLAIN_GLOBALS: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): _RecordedDict,
     ("builtins", "set"): set,
@@ -186,7 +214,7 @@ _PLAIN_GLOBALS: dict[tuple[str, str], Any] = {
     ("builtins", "list"): list,
     ("builtins", "dict"): dict,
     ("builtins", "tuple"): tuple,
-    ("builtins", "bytearray"): bytearray,
+    ("builtins", "bytearray"): _bytearray,
     ("_codecs", "encode"): _latin1,
 }
 _PLACEHOLDER_CLASSES: dict[str, type[_Placeholder]] = {}
@@ -204,6 +232,8 @@ class _SymbolicUnpickler(pickle.Unpickler):
     """Decodes a pickle into plain containers and placeholders; imports and calls nothing."""
 
     def find_class(self, module: str, name: str) -> Any:
+        if module == "__builtin__":  # protocol 2, torch.save's default, names Python 2's module
+            module = "builtins"
         return _PLAIN_GLOBALS.get((module, name)) or _placeholder_class(f"{module}.{name}")
 
     def persistent_load(self, pid: Any) -> Any:

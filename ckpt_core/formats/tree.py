@@ -21,8 +21,10 @@ from ..errors import CorruptCheckpointError
 from ..storage import StepWriter
 from .jax_pinning import jax_pinned
 from .like import convert_to_like
-from .protocol import PICKLE_HINT, Refusal, TreeEntry, TreeListing, short_value
+from .listing_values import short_value
+from .protocol import TreeEntry, TreeListing
 from .reader import StepReader
+from .refusal import PICKLE_HINT, Refusal
 from .safetensors_file import (
     CODES,
     StoredArray,

@@ -356,6 +356,9 @@ def test_show_torch_step_without_running_its_pickle(
     assert entries["epoch"]["value"] == 7
     assert entries["trap"]["kind"] == "object" and "system" in entries["trap"]["value"]
     assert any(r["name"].endswith("data.pkl") for r in doc["tree"]["records"])
+    assert re.fullmatch(
+        r"state\.pt: \d+ zip records, 3 tensor storages \(.*B\)", doc["tree"]["summary"]
+    )
     assert not marker.exists(), "ckpt show ran code from the pickle"
 
 

@@ -103,7 +103,33 @@ def test_a_step_of_a_format_not_registered_here_shows_its_files(tmp_path):
     storage = open_directory(tmp_path / "r")
     listing = list_tree(storage, read_manifest(storage, step.name))
     assert listing.entries == []
-    assert listing.notes == ["format 'someone-elses-format' has no header reader; files only"]
+    assert listing.notes == [
+        "format 'someone-elses-format' is not registered in this process; files only"
+    ]
+
+
+class FailingDescribeFormat(TextFormat):
+    """A user's format whose `describe` has a bug."""
+
+    name = "text-failing-describe-test"
+
+    def describe(self, reader: StepReader) -> TreeListing:
+        raise KeyError("nodes")
+
+
+def test_a_format_whose_describe_fails_shows_its_files_and_the_error(tmp_path, capsys):
+    register_format(FailingDescribeFormat(), replace=True)
+    with CheckpointManager(tmp_path / "r", format=FailingDescribeFormat.name) as mgr:
+        mgr.save(1, {"w": [1.0]})
+    doc = show_json(capsys, tmp_path / "r")
+    assert [f["name"] for f in doc["files"]] == ["state.json"]
+    assert doc["tree"]["entries"] == [] and doc["tree"]["error"] is None
+    assert doc["tree"]["notes"] == [
+        f"format {FailingDescribeFormat.name!r} failed to describe the step "
+        "(KeyError: 'nodes'); files only"
+    ]
+    assert main(["show", str(tmp_path / "r")]) == 0
+    assert "KeyError: 'nodes'" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- the tree format
@@ -192,6 +218,7 @@ def test_torch_listing_never_runs_a_planted_reduce(tmp_path, capsys):
     assert entries["evil"].kind == "object" and "mkdir" in entries["evil"].value
     doc = show_json(capsys, tmp_path / "r")
     assert any(r["name"] == "archive/data.pkl" for r in doc["tree"]["records"])
+    assert doc["tree"]["summary"].startswith("state.pt: 2 zip records, 0 tensor storages")
     assert not marker.exists(), "listing a torch step ran code from its pickle"
 
 
@@ -211,3 +238,20 @@ def test_torch_listing_of_a_damaged_pickle_keeps_the_zip_records(tmp_path):
     assert listing.entries == [] and listing.source == "nothing"
     assert "could not decode archive/data.pkl" in listing.notes[0]
     assert [name for name, _ in listing.records] == ["archive/data.pkl", "archive/version"]
+
+
+class HugeBytearray:
+    """Unpickling this calls bytearray(10**12): a terabyte from a pickle of a few bytes."""
+
+    def __reduce__(self) -> Any:
+        return (bytearray, (10**12,))
+
+
+@pytest.mark.parametrize("protocol", [2, 5])  # torch.save writes protocol 2
+def test_torch_listing_never_allocates_a_bytearray_a_pickle_sizes(tmp_path, protocol):
+    state = {"huge": HugeBytearray(), "blob": bytearray(b"abc"), "text": bytearray("xy", "latin1")}
+    plant_torch_step(tmp_path / "r", pickle.dumps(state, protocol=protocol))
+    entries = {e.path: e for e in tree_listing(tmp_path / "r", 1).entries}
+    assert entries["huge"].kind == "object" and "bytearray" in entries["huge"].value
+    assert entries["blob"] == TreeEntry("blob", "bytearray", value="<3 bytes>")
+    assert entries["text"] == TreeEntry("text", "bytearray", value="<2 bytes>")

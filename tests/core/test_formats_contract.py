@@ -286,6 +286,35 @@ def test_custom_format_can_be_registered(run_dir):
         register_format(object())  # type: ignore[arg-type]
 
 
+def test_a_built_in_name_is_taken_before_the_built_ins_are_first_used(monkeypatch):
+    from ckpt_core import register_format
+    from ckpt_core.formats import get_format, registry
+
+    class Impostor:
+        name = "tree"
+
+        def accepts(self, state):
+            return False
+
+        def snapshot(self, state):
+            return state
+
+        def write(self, state, writer):
+            raise AssertionError("never written")
+
+        def read(self, reader, like=None):
+            raise AssertionError("never read")
+
+    monkeypatch.setattr(registry, "_REGISTRY", {})  # as in a process that saved nothing yet
+    with pytest.raises(ValueError, match="'tree' is already registered; pass replace=True"):
+        register_format(Impostor())
+    assert type(get_format("tree")).__name__ == "TreeFormat"
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+    mine = Impostor()
+    register_format(mine, replace=True)  # a deliberate replacement stays, built-ins loaded or not
+    assert get_format("tree") is mine and type(get_format("torch")).__name__ == "TorchFormat"
+
+
 @pytest.mark.parametrize("fmt", ["tree", "orbax"])
 def test_python_number_and_0d_array_stand_for_each_other(run_dir, fmt):
     # A fresh flax TrainState has step=0 (an int); a trained one holds an int32 array.

@@ -10,8 +10,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from ckpt_core.rng import global_rng_state, set_global_rng_state
+from ckpt_core.rng import (
+    generator_state,
+    global_rng_state,
+    set_generator_state,
+    set_global_rng_state,
+)
 
 
 def test_python_and_numpy_global_streams_round_trip_through_json():
@@ -78,3 +84,36 @@ def test_torch_is_neither_imported_nor_captured_unless_the_program_imported_it()
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
     )
     assert json.loads(out.stdout) == [False, ["numpy", "python"]]
+
+
+@pytest.mark.parametrize("kind", ["PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64"])
+def test_a_generator_round_trips_through_json_in_place(kind):
+    gen = np.random.Generator(getattr(np.random, kind)(5))
+    gen.random(3)
+    saved = json.loads(json.dumps(generator_state(gen)))
+    expected = gen.random(4)
+    live = np.random.Generator(getattr(np.random, kind)(9))
+    assert set_generator_state(live, saved) is live  # holders of `live` see the stream
+    np.testing.assert_array_equal(live.random(4), expected)
+    other = set_generator_state(np.random.default_rng(0), saved)  # another kind: a new one
+    assert type(other.bit_generator).__name__ == kind
+    np.testing.assert_array_equal(other.random(4), expected)
+
+
+def test_a_generator_state_in_the_gym_adapters_older_layout_still_restores():
+    # integrations/_gym_rng.py wrote arrays as {"__ndarray__": list, "dtype": name}.
+    gen = np.random.Generator(np.random.MT19937(3))
+    state = gen.bit_generator.state
+    key = {"__ndarray__": state["state"]["key"].tolist(), "dtype": "uint32"}
+    older = {**state, "state": {"key": key, "pos": int(state["state"]["pos"])}}
+    expected = gen.random(3)
+    restored = set_generator_state(np.random.Generator(np.random.MT19937(0)), older)
+    np.testing.assert_array_equal(restored.random(3), expected)
+
+
+def test_the_global_numpy_stream_keeps_its_encoding():
+    np.random.seed(4)
+    numpy_state = global_rng_state()["numpy"]
+    key = np.random.get_state(legacy=False)["state"]["key"]
+    assert numpy_state["state"]["key"] == key.astype("<u4").tobytes().hex()
+    assert numpy_state["bit_generator"] == "MT19937" and type(numpy_state["state"]["pos"]) is int

@@ -353,7 +353,7 @@ def test_global_rng_is_kept_in_the_step_metadata_and_put_back_by_restore_or_only
         return random.random(), float(np.random.uniform())
 
     state = {"w": jnp.ones(3)}
-    with CkptHook(tmp_path) as hook:
+    with CkptHook(tmp_path, save_global_rng=True) as hook:
         with pytest.warns(RuntimeWarning, match=r"metadata is list, not a dict"):
             hook(0, state, metadata=["not", "a", "dict"])
         with warnings.catch_warnings():
@@ -362,15 +362,16 @@ def test_global_rng_is_kept_in_the_step_metadata_and_put_back_by_restore_or_only
         reseed(5)
         hook(1, state, metadata={"epoch": 1})
         after_step_1 = draws()
-        with pytest.raises(ValueError, match=r"the key 'flax'"):
-            hook(2, state, metadata={"flax": 1})
+        with pytest.raises(ValueError, match=r"the key 'ckpt_core.global_rng'.*nothing was saved"):
+            hook(2, state, metadata={"ckpt_core.global_rng": 1})
         assert hook.manager.metadata(0) == ["not", "a", "dict"]
         meta = hook.manager.metadata(1)
-        assert meta["epoch"] == 1 and set(meta["flax"]) == {"global_rng"}
+        assert set(meta) == {"epoch", "ckpt_core.global_rng"} and meta["epoch"] == 1
+        assert set(meta["ckpt_core.global_rng"]) == {"python", "numpy"}
         assert hook.manager.all_steps() == [0, 1]
     reseed(7)
     seven = draws()
-    with CkptHook(tmp_path, resume=True) as hook:
+    with CkptHook(tmp_path, resume=True, save_global_rng=True) as hook:
         reseed(7)
         hook.restore(state, step=1)  # loading a step to look at it does not reseed
         assert draws() == seven
@@ -706,3 +707,20 @@ def _main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _main(sys.argv[1:])
+
+
+def test_by_default_the_global_generators_are_neither_saved_nor_put_back(tmp_path: Path) -> None:
+    # As with orbax alone: a user's own seeding before restore_or stands, and "flax" is the
+    # user's key like any other.
+    state = {"w": jnp.ones(3)}
+    with CkptHook(tmp_path) as hook:
+        hook(1, state, metadata={"flax": {"global_rng": 1}, "epoch": 2})
+        assert hook.manager.metadata(1) == {"flax": {"global_rng": 1}, "epoch": 2}
+    random.seed(3)
+    np.random.seed(3)
+    expected = (random.random(), float(np.random.uniform()))
+    random.seed(3)
+    np.random.seed(3)
+    with CkptHook(tmp_path, resume=True) as hook:
+        hook.restore_or(state)
+    assert (random.random(), float(np.random.uniform())) == expected
