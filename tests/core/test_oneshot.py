@@ -25,18 +25,6 @@ def state(value: float) -> dict[str, np.ndarray]:
     return {"w": np.full(3, value), "b": np.full((), value)}
 
 
-def test_restore_takes_like_positionally(run_dir):
-    import torch
-
-    with CheckpointManager(run_dir) as mgr:
-        mgr.save(5, state(1.0))
-        restored = mgr.restore(5, {"w": torch.zeros(3, dtype=torch.float64), "b": 0.0})
-        assert isinstance(restored["w"], torch.Tensor) and restored["w"].tolist() == [1.0] * 3
-        assert mgr.restore(None, state(0.0), lazy=True)["w"].tolist() == [1.0] * 3
-        with pytest.raises(ValueError, match=r"restore\(step, state\)"):
-            mgr.restore(state(0.0))
-
-
 def test_a_step_saved_into_a_run_is_read_by_the_manager_and_ckpt(run_dir):
     save_checkpoint(run_dir, state(1.0), step=1000, metadata={"env": "CartPole-v1"})
     save_checkpoint(run_dir, state(2.0), step=2000, metrics={"loss": 0.5})
@@ -121,18 +109,3 @@ def test_ambiguous_and_missing_paths_say_what_to_do(tmp_path):
     save_checkpoint(tmp_path / "empty", state(1.0), step=1)
     assert checkpoint_exists(tmp_path / "empty", step=1)
     assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["todo.txt"]
-
-
-def test_unreplicate_on_save_and_replicate_to_on_load(run_dir):
-    import torch
-
-    replicated = {"w": np.stack([np.arange(3.0)] * 4), "t": torch.ones(4, 2), "n": 7}
-    save_checkpoint(run_dir, replicated, step=1, unreplicate=True)
-    single = load_checkpoint(run_dir, step=1)
-    assert single["w"].tolist() == [0.0, 1.0, 2.0] and tuple(single["t"].shape) == (2,)
-    back = load_checkpoint(run_dir, step=1, replicate_to=4)
-    assert back["w"].shape == (4, 3) and tuple(back["t"].shape) == (4, 2) and back["n"] == 7
-    with pytest.raises(TypeError, match="replicate_to"):
-        load_checkpoint(run_dir, step=1, replicate_to="4")
-    with pytest.raises(TypeError, match="unreplicate"):
-        save_checkpoint(run_dir, replicated, step=2, unreplicate="yes")

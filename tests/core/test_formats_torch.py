@@ -219,11 +219,6 @@ def test_a_refused_step_on_disk_restores_with_a_plain_message(run_dir, monkeypat
     assert "\x1b" not in str(err.value)
 
 
-def test_error_messages_carry_no_terminal_escape_codes():
-    error = CheckpointError("torch said: \x1b[1mtrust the source\x1b[0m.\n\tdetails")
-    assert str(error) == "torch said: trust the source.\n\tdetails"
-
-
 def test_lightning_style_checkpoints_pass_without_running_the_unpickler(monkeypatch):
     """Plain containers, numbers and dense tensors skip torch's (slow, pure-Python) unpickler."""
     model = torch.nn.Linear(3, 2)
