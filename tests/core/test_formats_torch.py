@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from ckpt_core import (
-    CheckpointError,
     CheckpointManager,
     UnsafeFormatError,
     load_checkpoint,
