@@ -61,3 +61,12 @@ def test_rerunning_an_assignment_cell_names_the_earlier_manager_until_it_is_clos
     mgr.close()
     mgr = CheckpointManager(where, on_existing="resume")
     mgr.close()
+
+
+def test_lease_lock_on_object_store():
+    url = f"memory://ckpt-tests/{uuid.uuid4().hex}"
+    with CheckpointManager(url):
+        with pytest.raises(CheckpointLockedError, match="this same process"):
+            CheckpointManager(url)
+    with CheckpointManager(url):  # released at close
+        pass
