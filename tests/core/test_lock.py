@@ -70,3 +70,10 @@ def test_lease_lock_on_object_store():
             CheckpointManager(url)
     with CheckpointManager(url):  # released at close
         pass
+
+
+def test_a_dropped_manager_releases_its_lock(run_dir):
+    CheckpointManager(run_dir).save(1, {"w": np.full(4, 1)})  # never closed
+    gc.collect()
+    with CheckpointManager(run_dir, on_existing="resume") as mgr:
+        assert mgr.latest_step() == 1

@@ -1,10 +1,13 @@
-"""The one-shot functions on run directories (`step=`, `run/best`, `run/latest`), the
-device axis (`unreplicate`, `replicate_to`) and `restore(step, like)` with `like` positional."""
+"""The one-shot functions (`ckpt_core.oneshot`) on run directories (`step=`, `run/best`,
+`run/latest`), on URLs, and after a kill; never replacing what is not a checkpoint. The device
+axis (`unreplicate`, `replicate_to`) and `restore(step, like)` are in test_oneshot_torch.py."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import uuid
 
 import numpy as np
 import pytest
@@ -109,3 +112,26 @@ def test_ambiguous_and_missing_paths_say_what_to_do(tmp_path):
     save_checkpoint(tmp_path / "empty", state(1.0), step=1)
     assert checkpoint_exists(tmp_path / "empty", step=1)
     assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["todo.txt"]
+
+
+def test_one_shot_save_killed_between_renames_is_repaired(tmp_path):
+    save_checkpoint(tmp_path / "model", state(1))
+    os.rename(tmp_path / "model", tmp_path / ".old-model-0123456789ab")  # killed here
+    assert checkpoint_exists(tmp_path / "model")
+    np.testing.assert_array_equal(load_checkpoint(tmp_path / "model")["w"], state(1)["w"])
+
+
+def test_one_shot_save_refuses_to_replace_a_directory_that_is_not_a_checkpoint(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("precious")
+    with pytest.raises(CheckpointExistsError, match="is not a checkpoint"):
+        save_checkpoint(tmp_path / "mine", state(1))
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "precious"
+
+
+def test_one_shot_functions_take_single_segment_urls():
+    name = f"memory://edge-{uuid.uuid4().hex}"
+    save_checkpoint(name, state(5))
+    np.testing.assert_array_equal(load_checkpoint(name)["w"], state(5)["w"])
+    with pytest.raises(ValueError, match="inside a directory or bucket"):
+        save_checkpoint("s3://just-a-bucket", state(1))

@@ -167,3 +167,13 @@ def test_one_shot_metadata_that_is_not_json_is_refused_before_writing(tmp_path):
     assert entries(tmp_path) == []
     with pytest.raises(CheckpointNotFoundError, match=r"manifest\.json is missing"):
         load_checkpoint(tmp_path / "ckpt")
+
+
+def test_input_checks(run_dir):
+    with CheckpointManager(run_dir) as mgr:
+        assert mgr.save(np.int64(5), state(5))
+        assert mgr.all_steps() == [5]
+    with pytest.raises(TypeError, match="Format object"):
+        CheckpointManager(run_dir / "x", format=object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="max_to_keep"):  # a bool is no count
+        RetentionPolicy(max_to_keep=True)

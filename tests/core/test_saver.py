@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ckpt_core import load_checkpoint, saver
+from ckpt_core import CheckpointError, CheckpointManager, load_checkpoint, saver
 from ckpt_core.formats import get_format
 from ckpt_core.retention import RetentionPolicy
 from ckpt_core.run import Run, acquire_writer_lock, open_directory
@@ -75,3 +75,34 @@ def test_a_background_error_is_raised_by_the_next_wait_once_naming_the_step(
     assert "raised by the background save of step 7" in "".join(caught.value.__notes__)
     s.wait()  # raised once: the next wait has nothing left to report
     assert list(run_dir.glob("step_*")) == []
+
+
+def test_background_error_is_never_swallowed(run_dir):
+    class Failing:
+        name = "failing-edge"
+
+        def accepts(self, s):
+            return False
+
+        def snapshot(self, s):
+            return s
+
+        def write(self, s, writer):
+            raise OSError(5, "disk on fire")
+
+        def read(self, reader, like=None):  # pragma: no cover
+            raise AssertionError
+
+    with pytest.raises(KeyError) as err:
+        with CheckpointManager(run_dir, async_save=True, format=Failing()) as mgr:
+            mgr.save(1, {"w": np.full(4, 1)})
+            raise KeyError("the user's own error")
+    assert any("disk on fire" in note for note in err.value.__notes__)
+
+    with CheckpointManager(run_dir / "b", async_save=True, format=Failing()) as mgr:
+        mgr.save(1, {"w": np.full(4, 1)})
+        with pytest.raises(CheckpointError):
+            mgr.restore()  # nothing committed; the background error is kept for wait()
+        with pytest.raises(OSError, match="disk on fire") as err:  # as a sync save raises it
+            mgr.wait()
+        assert "background save of step 1" in err.value.__notes__[-1]
