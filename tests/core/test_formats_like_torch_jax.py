@@ -1,5 +1,6 @@
-"""Abstract templates in `like` (`jax.eval_shape` structs, torch `meta` tensors) are filled with the
-stored values, in every format.
+"""Fitting restored leaves to `like` (`ckpt_core.formats.like`): abstract templates
+(`jax.eval_shape` structs, torch `meta` tensors) are filled with the stored values in every
+format, and concrete ones give their types (a `Parameter` stays one, a number fills a 0-d tensor).
 
 The cross-mesh case needs several fake CPU devices (`XLA_FLAGS` is read once, at jax import):
 it runs this file as a script in subprocesses, see `_main` at the bottom.
