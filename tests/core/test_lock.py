@@ -61,3 +61,19 @@ def test_rerunning_an_assignment_cell_names_the_earlier_manager_until_it_is_clos
     mgr.close()
     mgr = CheckpointManager(where, on_existing="resume")
     mgr.close()
+
+
+def test_lease_lock_on_object_store():
+    url = f"memory://ckpt-tests/{uuid.uuid4().hex}"
+    with CheckpointManager(url):
+        with pytest.raises(CheckpointLockedError, match="this same process"):
+            CheckpointManager(url)
+    with CheckpointManager(url):  # released at close
+        pass
+
+
+def test_a_dropped_manager_releases_its_lock(run_dir):
+    CheckpointManager(run_dir).save(1, {"w": np.full(4, 1)})  # never closed
+    gc.collect()
+    with CheckpointManager(run_dir, on_existing="resume") as mgr:
+        assert mgr.latest_step() == 1

@@ -205,3 +205,58 @@ def test_the_resume_table_is_the_run_models(run_dir):
     run = Run(storage, DEFAULT_POLICY)
     assert run.open_as_writer("overwrite") is False and run.infos == {}
     assert sorted(os.listdir(run_dir)) == [layout.LOCK_FILE, "notes.txt", layout.RUN_FILE]
+
+
+def test_user_files_that_look_like_temporaries_are_never_swept(run_dir):
+    run_dir.mkdir()
+    for name in ("notes.partial", "step_1", "step_00000002.bak"):
+        (run_dir / name).write_text("mine")
+    with CheckpointManager(run_dir) as mgr:
+        mgr.save(1, state(1))
+        assert mgr.all_steps() == [1]
+    with CheckpointManager(run_dir, on_existing="overwrite"):
+        pass
+    assert all(
+        (run_dir / n).read_text() == "mine"
+        for n in ("notes.partial", "step_1", "step_00000002.bak")
+    )
+
+
+def test_overwrite_removes_quarantined_steps_too(run_dir):
+    with CheckpointManager(run_dir) as mgr:
+        mgr.save(1, state(1))
+    (run_dir / "step_00000001.corrupt-1700000000").mkdir()
+    with CheckpointManager(run_dir, on_existing="overwrite"):
+        pass
+    assert not (run_dir / "step_00000001.corrupt-1700000000").exists()
+
+
+def test_a_symlinked_step_is_not_a_step(run_dir, tmp_path):
+    outside = tmp_path / "outside"
+    save_checkpoint(outside, state(9))
+    with CheckpointManager(run_dir) as mgr:
+        mgr.save(1, state(1))
+    (run_dir / "step_00000099").symlink_to(outside)
+    with CheckpointManager(run_dir, read_only=True) as mgr:
+        assert mgr.all_steps() == [1]
+
+
+def test_a_save_retention_would_delete_at_once_is_refused(run_dir):
+    with CheckpointManager(run_dir, max_to_keep=2) as mgr:
+        for s in (10, 20, 30):
+            mgr.save(s, state(s))
+        with pytest.raises(ValueError, match="retention would delete it"):
+            mgr.save(15, state(15))
+        assert mgr.all_steps() == [20, 30]
+    with CheckpointManager(run_dir, on_existing="resume", max_to_keep=None) as mgr:
+        assert mgr.save(15, state(15))  # kept under this policy: allowed
+
+
+def test_best_pointer_never_names_a_deleted_step(run_dir):
+    with CheckpointManager(run_dir, best_fn="loss", keep_best=1, max_to_keep=1) as mgr:
+        mgr.save(1, state(1), metrics={"loss": 0.1})
+        mgr.save(2, state(2), metrics={"loss": 0.5})
+    with CheckpointManager(run_dir, on_existing="resume", max_to_keep=1) as mgr:  # no best_fn
+        mgr.save(3, state(3))
+        assert 1 not in mgr.all_steps()
+    assert not (run_dir / "best").exists()

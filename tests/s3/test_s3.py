@@ -42,7 +42,7 @@ from ckpt_core.lock import LeaseLock
 from integrations.gym import CkptRunnerHook, RunnerCallback, RunnerConfig
 from integrations.gym import run as gym_run
 from integrations.lightning import CkptCallback
-from tests.core.test_formats_contract import CASES, assert_same, mismatched
+from tests.core.test_formats_contract_torch_jax import CASES, assert_same, mismatched
 from tests.s3.conftest import ACCESS_KEY, BUCKET, SECRET, S3Run, S3Server
 
 ROOT = Path(__file__).resolve().parents[2]

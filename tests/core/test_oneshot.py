@@ -1,10 +1,13 @@
-"""The one-shot functions on run directories (`step=`, `run/best`, `run/latest`), the
-device axis (`unreplicate`, `replicate_to`) and `restore(step, like)` with `like` positional."""
+"""The one-shot functions (`ckpt_core.oneshot`) on run directories (`step=`, `run/best`,
+`run/latest`), on URLs, and after a kill; never replacing what is not a checkpoint. The device
+axis (`unreplicate`, `replicate_to`) and `restore(step, like)` are in test_oneshot_torch.py."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import uuid
 
 import numpy as np
 import pytest
@@ -23,18 +26,6 @@ from ckpt_core import (
 
 def state(value: float) -> dict[str, np.ndarray]:
     return {"w": np.full(3, value), "b": np.full((), value)}
-
-
-def test_restore_takes_like_positionally(run_dir):
-    import torch
-
-    with CheckpointManager(run_dir) as mgr:
-        mgr.save(5, state(1.0))
-        restored = mgr.restore(5, {"w": torch.zeros(3, dtype=torch.float64), "b": 0.0})
-        assert isinstance(restored["w"], torch.Tensor) and restored["w"].tolist() == [1.0] * 3
-        assert mgr.restore(None, state(0.0), lazy=True)["w"].tolist() == [1.0] * 3
-        with pytest.raises(ValueError, match=r"restore\(step, state\)"):
-            mgr.restore(state(0.0))
 
 
 def test_a_step_saved_into_a_run_is_read_by_the_manager_and_ckpt(run_dir):
@@ -123,16 +114,24 @@ def test_ambiguous_and_missing_paths_say_what_to_do(tmp_path):
     assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["todo.txt"]
 
 
-def test_unreplicate_on_save_and_replicate_to_on_load(run_dir):
-    import torch
+def test_one_shot_save_killed_between_renames_is_repaired(tmp_path):
+    save_checkpoint(tmp_path / "model", state(1))
+    os.rename(tmp_path / "model", tmp_path / ".old-model-0123456789ab")  # killed here
+    assert checkpoint_exists(tmp_path / "model")
+    np.testing.assert_array_equal(load_checkpoint(tmp_path / "model")["w"], state(1)["w"])
 
-    replicated = {"w": np.stack([np.arange(3.0)] * 4), "t": torch.ones(4, 2), "n": 7}
-    save_checkpoint(run_dir, replicated, step=1, unreplicate=True)
-    single = load_checkpoint(run_dir, step=1)
-    assert single["w"].tolist() == [0.0, 1.0, 2.0] and tuple(single["t"].shape) == (2,)
-    back = load_checkpoint(run_dir, step=1, replicate_to=4)
-    assert back["w"].shape == (4, 3) and tuple(back["t"].shape) == (4, 2) and back["n"] == 7
-    with pytest.raises(TypeError, match="replicate_to"):
-        load_checkpoint(run_dir, step=1, replicate_to="4")
-    with pytest.raises(TypeError, match="unreplicate"):
-        save_checkpoint(run_dir, replicated, step=2, unreplicate="yes")
+
+def test_one_shot_save_refuses_to_replace_a_directory_that_is_not_a_checkpoint(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("precious")
+    with pytest.raises(CheckpointExistsError, match="is not a checkpoint"):
+        save_checkpoint(tmp_path / "mine", state(1))
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "precious"
+
+
+def test_one_shot_functions_take_single_segment_urls():
+    name = f"memory://edge-{uuid.uuid4().hex}"
+    save_checkpoint(name, state(5))
+    np.testing.assert_array_equal(load_checkpoint(name)["w"], state(5)["w"])
+    with pytest.raises(ValueError, match="inside a directory or bucket"):
+        save_checkpoint("s3://just-a-bucket", state(1))

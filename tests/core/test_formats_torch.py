@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from ckpt_core import (
-    CheckpointError,
     CheckpointManager,
     UnsafeFormatError,
     load_checkpoint,
@@ -217,11 +216,6 @@ def test_a_refused_step_on_disk_restores_with_a_plain_message(run_dir, monkeypat
     with pytest.raises(UnsafeFormatError) as err:
         load_checkpoint(run_dir / "step_00000001")
     assert "\x1b" not in str(err.value)
-
-
-def test_error_messages_carry_no_terminal_escape_codes():
-    error = CheckpointError("torch said: \x1b[1mtrust the source\x1b[0m.\n\tdetails")
-    assert str(error) == "torch said: trust the source.\n\tdetails"
 
 
 def test_lightning_style_checkpoints_pass_without_running_the_unpickler(monkeypatch):

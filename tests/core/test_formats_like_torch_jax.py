@@ -1,5 +1,6 @@
-"""Abstract templates in `like` (`jax.eval_shape` structs, torch `meta` tensors) are filled with the
-stored values, in every format.
+"""Fitting restored leaves to `like` (`ckpt_core.formats.like`): abstract templates
+(`jax.eval_shape` structs, torch `meta` tensors) are filled with the stored values in every
+format, and concrete ones give their types (a `Parameter` stays one, a number fills a 0-d tensor).
 
 The cross-mesh case needs several fake CPU devices (`XLA_FLAGS` is read once, at jax import):
 it runs this file as a script in subprocesses, see `_main` at the bottom.
@@ -26,7 +27,7 @@ from ckpt_core import (
     load_checkpoint,
     save_checkpoint,
 )
-from tests.core.test_formats_contract import CASES, jax_state, numpy_state
+from tests.core.test_formats_contract_torch_jax import CASES, jax_state, numpy_state
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -192,6 +193,20 @@ def test_numpy_state_restores_into_jax_structs_and_meta_tensors(run_dir: Path) -
 # ---------------------------------------------------------------------- another mesh
 
 FORMATS_WITH_JAX = ("tree", "orbax", "pickle")
+
+
+def test_like_fitting_edge_cases(run_dir):
+    with CheckpointManager(run_dir, format="torch") as mgr:
+        mgr.save(1, {"step": 3, "w": torch.ones(2), "name": "abc"})
+        param = torch.nn.Parameter(torch.zeros(2))
+        back = mgr.restore(like={"step": torch.tensor(0), "w": param, "name": "", "slot": None})
+        assert torch.equal(back["step"], torch.tensor(3))  # a number into a 0-d tensor
+        assert isinstance(back["w"], torch.nn.Parameter) and back["w"].requires_grad
+        assert back["slot"] is None  # an empty slot the checkpoint does not have
+        with pytest.raises(StructureMismatchError, match="name: the checkpoint holds a str"):
+            mgr.restore(like={"step": 0, "w": torch.zeros(2), "name": 0})
+        kept = mgr.restore(like={"step": 0, "w": torch.zeros(2), "name": "", "fn": len})
+        assert kept["fn"] is len  # what the tree cannot store stays the caller's
 
 
 def _mesh_state(devices: list[Any]) -> dict[str, Any]:
