@@ -20,9 +20,11 @@ def _check_int(
 ) -> None:
     if optional and value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+    wrong_type = isinstance(value, bool) or not isinstance(value, int | np.integer)
+    if wrong_type or value < minimum:
         allowed = f"an int >= {minimum}" + (" or None" if optional else "")
-        raise ValueError(
+        error = TypeError if wrong_type else ValueError  # as the core's option checks
+        raise error(
             f"RunnerConfig({name}={value!r}): expected {allowed}. HINT: e.g. {name}={example}."
         )
 

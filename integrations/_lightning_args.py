@@ -258,10 +258,9 @@ def _check_values(
         )
     for name in ("every_n_train_steps", "every_n_epochs"):
         value = given_triggers[name]
-        if value is not None and (
-            not isinstance(value, int) or isinstance(value, bool) or value < 1
-        ):
-            raise ValueError(
+        wrong_type = not isinstance(value, int) or isinstance(value, bool)
+        if value is not None and (wrong_type or value < 1):
+            raise (TypeError if wrong_type else ValueError)(
                 f"CkptCallback got {name}={value!r}; expected a positive integer. HINT: pass None"
                 " to use another trigger."
             )
@@ -285,8 +284,9 @@ def _check_values(
             "metric. HINT: monitor='val_loss'."
         )
     if save_top_k is not None:
-        if not isinstance(save_top_k, int) or isinstance(save_top_k, bool) or save_top_k < -1:
-            raise ValueError(
+        wrong_type = not isinstance(save_top_k, int) or isinstance(save_top_k, bool)
+        if wrong_type or save_top_k < -1:
+            raise (TypeError if wrong_type else ValueError)(
                 f"CkptCallback got save_top_k={save_top_k!r}; expected -1 (keep all), 0 or a"
                 " positive integer."
             )

@@ -693,7 +693,6 @@ def test_an_existing_run_without_resume_or_overwrite_is_refused_untouched(tmp_pa
     [
         ({"checkpoint_interval": 0}, "checkpoint_interval=0"),
         ({"checkpoint_interval": -100}, "checkpoint_interval=-100"),
-        ({"checkpoint_interval": 1.5}, "checkpoint_interval=1.5"),
         ({"total_timesteps": 0}, "total_timesteps=0"),
         ({"max_checkpoints": 0}, "max_checkpoints=0"),
         ({"keep_period": 0}, "keep_period=0"),
@@ -705,6 +704,23 @@ def test_an_existing_run_without_resume_or_overwrite_is_refused_untouched(tmp_pa
 def test_bad_config_is_a_value_error_with_a_hint(kwargs, match):
     arguments = {"total_timesteps": 1_000, **kwargs}
     with pytest.raises(ValueError, match=match) as excinfo:
+        RunnerConfig(**arguments)
+    assert "HINT" in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"checkpoint_interval": 1.5}, "checkpoint_interval=1.5"),
+        ({"checkpoint_interval": "200"}, "checkpoint_interval='200'"),
+        ({"total_timesteps": "1000"}, "total_timesteps='1000'"),
+        ({"max_checkpoints": True}, "max_checkpoints=True"),
+    ],
+)
+def test_a_config_value_of_the_wrong_type_is_a_type_error_with_a_hint(kwargs, match):
+    """As everywhere (README, Reliability): a wrong type is a TypeError, a bad value a ValueError."""
+    arguments = {"total_timesteps": 1_000, **kwargs}
+    with pytest.raises(TypeError, match=match) as excinfo:
         RunnerConfig(**arguments)
     assert "HINT" in str(excinfo.value)
 

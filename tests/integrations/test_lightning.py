@@ -623,7 +623,10 @@ def test_conflicting_arguments_raise_value_error(tmp_path, options, message):
         ({"save_weights_only": "yes"}, TypeError, "save_weights_only must be True or False"),
         ({"storage_options": "key=x"}, TypeError, "storage_options must be a dict"),
         ({"monitor": 3}, TypeError, r"monitor=3 \(int\); expected the name"),
-        ({"monitor": "val_loss", "save_top_k": True}, ValueError, "save_top_k=True"),
+        ({"monitor": "val_loss", "save_top_k": True}, TypeError, "save_top_k=True"),
+        ({"monitor": "val_loss", "save_top_k": "2"}, TypeError, "save_top_k='2'"),
+        ({"monitor": "val_loss", "save_top_k": -2}, ValueError, "save_top_k=-2"),
+        ({"every_n_train_steps": "5"}, TypeError, "every_n_train_steps='5'"),
     ],
 )
 def test_careless_arguments_fail_at_construction_not_at_fit(tmp_path, options, error, message):
