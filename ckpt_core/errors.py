@@ -47,6 +47,10 @@ class CheckpointLockedError(CheckpointError):
     """Another live process holds the write lock of the directory."""
 
 
+class ProcessGroupError(CheckpointError):
+    """Another process of a multi-process job did not do its part of a save in time, or failed."""
+
+
 class UnsafeFormatError(CheckpointError):
     """Restoring this step would unpickle data, which can run arbitrary code."""
 

@@ -34,6 +34,7 @@ from .options import (
     check_seconds,
     parse_size,
 )
+from .processes import DEFAULT_TIMEOUT_SECS, Meeting, ProcessGroup, detect
 from .retention import DEFAULT_POLICY, BestFn, RetentionPolicy, committed_bytes
 from .run import Run, StepSpec, acquire_writer_lock, as_step, short_list
 from .saver import Saver
@@ -90,6 +91,16 @@ class CheckpointManager:
             every shard unchanged since the previous committed step from it (a hard link
             locally, a server-side copy on object stores). Each step still restores on its
             own. Off by default: a damaged shared file damages every step that holds it.
+        multiprocess: None (default): this manager is part of a multi-process job when the
+            job's framework says so (`jax.distributed` initialised with more than one
+            process, or a `torch.distributed` group of world size > 1). Then every process
+            opens the manager and calls `save` with its own shards; process 0 alone takes
+            the lock, commits and prunes (see `ckpt_core.processes`). False: this process
+            alone writes, as under DDP where only rank 0 opens a manager. True: like None,
+            but a single process is an error.
+        barrier_timeout_secs: in a multi-process job, how long a process waits for the others
+            (their shards, the commit) before failing with an error naming the processes
+            that did not come.
 
     Raises:
         CheckpointExistsError: steps exist and `on_existing="error"`.
@@ -121,6 +132,8 @@ class CheckpointManager:
         storage_options: dict[str, Any] | None = None,
         max_bytes: int | str | None = DEFAULT_POLICY.max_bytes,
         incremental: bool = False,
+        multiprocess: bool | None = None,
+        barrier_timeout_secs: float = DEFAULT_TIMEOUT_SECS,
     ) -> None:
         max_bytes = parse_size("max_bytes", max_bytes)
         policy = RetentionPolicy(max_to_keep, keep_period, best_fn, best_mode, keep_best, max_bytes)
@@ -128,6 +141,9 @@ class CheckpointManager:
         flags["incremental"] = incremental
         _check_options(save_interval_steps, save_interval_secs, on_existing, storage_options, flags)
         _check_format(format, writes=not (read_only or allow_pickle))
+        if multiprocess is not None:
+            check_bool("multiprocess", multiprocess)
+        check_seconds("barrier_timeout_secs", barrier_timeout_secs)
         signals = check_save_on_signals(save_on_signals)
         self._format = format
         self._save_interval_steps = save_interval_steps
@@ -139,21 +155,43 @@ class CheckpointManager:
         self._closed = False
         self._signals = SaveSignals(())  # none installed until the directory is open
         self.resuming = False
-        self._lock: Lock | None = None if read_only else acquire_writer_lock(self._storage)
+        group = None if read_only or multiprocess is False else _processes(multiprocess)
+        self._meeting = (
+            None if group is None else Meeting(group, self._storage.root, barrier_timeout_secs)
+        )
+        # Clocks and signals differ between processes: then all follow the primary's decision.
+        self._agree_on_due = group is not None and (save_interval_secs is not None or signals)
+        member = group is not None and not group.is_primary  # writes its shards, nothing else
+        self._lock: Lock | None = (
+            None if read_only or member else acquire_writer_lock(self._storage)
+        )
         self._on_drop = None if self._lock is None else _release_when_dropped(self, self._lock)
+        opening = self._meeting.topic("open") if self._meeting is not None else ""
         try:
-            if not read_only:
+            if self._lock is not None:
                 self._storage.sweep()
-            self._run = Run(self._storage, policy)
+            if self._meeting is not None and member:  # once the primary has opened the run
+                what = f"in opening {self._storage.root}"
+                hint = "open the manager in every process of the job, in the same order."
+                self.resuming = self._meeting.share(opening, None, what=what, hint=hint)
+            self._run = Run(self._storage, policy, housekeeping=not member)
             if read_only:
                 self._run.open_as_reader(adopt=best_fn is None)
-            else:
+            elif not member:
                 self.resuming = self._run.open_as_writer(on_existing)
+            if self._meeting is not None and not member:
+                self._meeting.share(opening, self.resuming, what="", hint="")
             self._saver = Saver(
-                self._run, self._mutex, async_save=async_save, incremental=incremental
+                self._run,
+                self._mutex,
+                async_save=async_save,
+                incremental=incremental,
+                meeting=self._meeting,
             )
             self._signals = SaveSignals(signals)
-        except BaseException:
+        except BaseException as e:
+            if self._meeting is not None and not member:  # the others fail with this error
+                self._meeting.fail(opening, e)
             self._release()
             raise
         self._last_save = time.monotonic()
@@ -203,7 +241,11 @@ class CheckpointManager:
         """
         self._check_writable()
         step = as_step(step)
-        if not force and not self.should_save(step):
+        due = force or self.should_save(step)
+        if self._agree_on_due and self._meeting is not None:
+            topic, what = self._meeting.topic("due"), f"in deciding to save step {step}"
+            due = self._meeting.share(topic, due, what=what, hint="")
+        if not due:
             return False
         signals = self._signals.count  # a signal arriving during this save is owed the next one
         floats = to_float_metrics(metrics)
@@ -315,14 +357,16 @@ class CheckpointManager:
     def update_run_metadata(self, values: Mapping[str, Any]) -> None:
         """Merge `values` into the run metadata (written atomically)."""
         self._check_writable()
-        self._run.document.update_metadata(values)
+        if self._run.housekeeping:  # else the job's primary process writes it
+            self._run.document.update_metadata(values)
 
     def mark_complete(self) -> None:
         """Record that the run finished; adapters treat resuming it as a no-op."""
         self._check_writable()
         self.wait()
         with self._mutex:
-            self._run.document.mark_complete(self._run.latest_step())
+            if self._run.housekeeping:  # else the job's primary process writes it
+                self._run.document.mark_complete(self._run.latest_step())
 
     @property
     def is_complete(self) -> bool:
@@ -379,7 +423,8 @@ class CheckpointManager:
         self.wait()
         with self._mutex:
             self._run.remove_owned()
-            self._run.document.record_retention(self._run.policy)
+            if self._run.housekeeping:  # else the job's primary process writes it
+                self._run.document.record_retention(self._run.policy)
 
     # ------------------------------------------------------------------ lifetime
 
@@ -441,6 +486,19 @@ class CheckpointManager:
     def __repr__(self) -> str:
         mode = "read_only" if self._read_only else "closed" if self._closed else "open"
         return f"CheckpointManager({self._storage.root!r}, steps={short_list(self.all_steps())}, {mode})"
+
+
+def _processes(multiprocess: bool | None) -> ProcessGroup | None:
+    """The multi-process job this manager is part of (None: a single writer)."""
+    group = detect()
+    if group is None and multiprocess:
+        raise CheckpointError(
+            "CheckpointManager(multiprocess=True) found no multi-process job: neither "
+            "jax.distributed (initialised, more than one process) nor torch.distributed (an "
+            "initialised group of world size > 1). HINT: initialise the framework's "
+            "distributed runtime before opening the manager, or leave multiprocess=None."
+        )
+    return group
 
 
 def _lost_lease_error(root: str) -> CheckpointLockedError:

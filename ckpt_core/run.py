@@ -253,14 +253,22 @@ class Run:
         policy: the retention in force (see `adopt_recorded_retention` for readers).
         pointer_ranks: the `best` pointer stands in for a ranking this process does not
             have (see `ranking_unknown`); only ever for readers and `ckpt prune`.
+        housekeeping: this process deletes pruned steps and writes the pointers; False in
+            the processes of a multi-process job other than the primary, which only follow.
     """
 
     def __init__(
-        self, storage: Storage, policy: RetentionPolicy, *, pointer_ranks: bool = False
+        self,
+        storage: Storage,
+        policy: RetentionPolicy,
+        *,
+        pointer_ranks: bool = False,
+        housekeeping: bool = True,
     ) -> None:
         self.storage = storage
         self.policy = policy
         self.pointer_ranks = pointer_ranks
+        self.housekeeping = housekeeping
         self.document = RunDocument(storage)
         self.infos: dict[int, CheckpointInfo] = {}
         self._files: dict[int, StepFiles] = {}
@@ -468,7 +476,8 @@ class Run:
         doomed = self.to_delete(policy)
         for step in doomed:
             self._forget(step)
-            self.storage.delete_step(layout.step_dirname(step))
+            if self.housekeeping:
+                self.storage.delete_step(layout.step_dirname(step))
         self.refresh_pointers(policy)
         return doomed
 
@@ -478,6 +487,8 @@ class Run:
         Without a `best_fn` the `best` pointer cannot be derived: it is left as a writer
         that ranked left it, and removed only when it names a step that is gone.
         """
+        if not self.housekeeping:
+            return
         policy = policy or self.policy
         targets = {layout.LATEST_POINTER: self.latest_step()}
         if policy.best_fn is not None:
@@ -498,7 +509,7 @@ class Run:
 
     def remove_owned(self) -> None:
         """Delete every entry the library owns (steps, pointers, run.json); others' files stay."""
-        for name in self.storage.list_names():
+        for name in self.storage.list_names() if self.housekeeping else ():
             if layout.parse_step(name) is not None:
                 self.storage.delete_step(name)
             elif layout.is_owned(name):

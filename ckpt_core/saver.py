@@ -17,6 +17,7 @@ from .commit import write_step
 from .errors import CorruptCheckpointError, OverBudgetWarning
 from .formats import Format, SnapshotBuffers
 from .manifest import Manifest
+from .processes import Meeting
 from .run import Run
 from .storage import disk_full_error
 
@@ -29,12 +30,20 @@ class Saver:
         mutex: the manager's lock over `run`'s step list.
         async_save: write in a background thread after a host snapshot.
         incremental: share files unchanged since the previous committed step.
+        meeting: the other processes of a multi-process job, each writing its own shards.
     """
 
     def __init__(
-        self, run: Run, mutex: threading.RLock, *, async_save: bool, incremental: bool
+        self,
+        run: Run,
+        mutex: threading.RLock,
+        *,
+        async_save: bool,
+        incremental: bool,
+        meeting: Meeting | None = None,
     ) -> None:
         self._run = run
+        self._meeting = meeting
         self._mutex = mutex
         self._async = async_save
         self._incremental = incremental
@@ -110,6 +119,7 @@ class Saver:
             metadata=metadata,
             incremental=self._incremental,
             base=self._incremental_base(),
+            meeting=self._meeting,
         )
         try:
             with self._mutex:

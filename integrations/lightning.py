@@ -280,6 +280,7 @@ class CkptCallback(CheckpointAttributes, ModelCheckpoint):
                 # `self._schedule` decides when on every rank (the manager lives on rank 0
                 # only), so every save it asks for is due: `save` needs no `force`.
                 save_interval_steps=1,
+                multiprocess=False,  # rank 0 alone writes (DDP); the others never open it
                 **self._manager_options,
             ),
         )

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from typing import Any, cast
 
 import numpy as np
 
-from .. import _tree
+from .. import _tree, layout
 from ..errors import CheckpointError, CorruptCheckpointError, StructureMismatchError
 from ..storage import StepWriter
 from .frameworks import framework_missing
@@ -32,6 +33,9 @@ from .snapshot import host_copy
 
 PAYLOAD_DIR = "orbax"
 NATIVE_SCHEMES = ("gs", "gcs")  # object stores orbax writes to itself; others are staged
+# What orbax writes for one process of a multi-process save (its shards, its array metadata);
+# process 0 writes the rest.
+_PROCESS_FILE = re.compile(rf"^{PAYLOAD_DIR}/(?:.+/)?(?:ocdbt\.)?process_([0-9]+)(?:/|$)")
 
 
 def _ocp() -> Any:
@@ -47,6 +51,7 @@ class OrbaxFormat:
 
     name = "orbax"
     main_file = "orbax"
+    collective = True  # under jax.distributed every process writes its own shards
 
     def __init__(self) -> None:
         self._checkpointer: Any = None
@@ -56,12 +61,28 @@ class OrbaxFormat:
         # own async workers, left behind by a failed save, can hold interpreter exit for
         # minutes.
         if self._checkpointer is None:
+            import jax
+
             ocp = _ocp()
-            self._checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+            # Naming every process makes orbax meet through the jax.distributed client (with
+            # a timeout) instead of a device collective, which a background save would run
+            # interleaved with the training loop's collectives: a deadlock.
+            processes = set(range(jax.process_count())) if jax.process_count() > 1 else None
+            self._checkpointer = ocp.Checkpointer(
+                ocp.StandardCheckpointHandler(),
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    active_processes=processes
+                ),
+            )
         return self._checkpointer
 
     def accepts(self, state: Any) -> bool:
         return False  # chosen explicitly (the Flax adapter's default), never by "auto"
+
+    def process_of(self, name: str) -> int:
+        """The process that wrote payload file `name` in a multi-process save."""
+        m = _PROCESS_FILE.match(name)
+        return int(m.group(1)) if m else 0
 
     def snapshot(self, state: Any) -> Any:
         # JAX arrays are immutable: kept by reference. numpy leaves are copied.
@@ -70,6 +91,7 @@ class OrbaxFormat:
     def write(self, state: Any, writer: StepWriter) -> None:
         ocp = _ocp()
         target = _as_gs(writer.url(PAYLOAD_DIR, NATIVE_SCHEMES)) or writer.local_dir() / PAYLOAD_DIR
+        _check_shared(target, writer)
         self._ckptr().save(target, args=ocp.args.StandardSave(state))
 
     def read(self, reader: StepReader, like: Any = None) -> Any:
@@ -115,7 +137,7 @@ class OrbaxFormat:
         import jax
 
         ocp = _ocp()
-        fallback = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        fallback = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         args = ocp.args.StandardRestore(None, fallback_sharding=fallback)
         return self._ckptr().restore(path, args=args)
 
@@ -136,6 +158,25 @@ class OrbaxFormat:
             return TreeListing([], "nothing", [f"orbax could not read its metadata: {e}"])
         entries = [_entry(key, leaf) for key, leaf in _metadata_leaves(meta).items()]
         return TreeListing(entries, "orbax's checkpoint metadata")
+
+
+def _check_shared(target: Any, writer: StepWriter) -> None:
+    """Refuse a multi-process save into a per-process staging directory: orbax's process 0
+    reads the other processes' files, so they must share the directory."""
+    import jax
+
+    if (
+        jax.process_count() == 1
+        or isinstance(target, str)
+        or layout.is_temporary(target.parent.name)
+    ):
+        return  # one process, gs:// written by orbax itself, or a local temporary directory
+    raise CheckpointError(
+        f"a multi-process orbax save needs a directory every process shares (a shared "
+        f"filesystem, or gs:// which orbax writes itself); {jax.process_count()} processes "
+        "would each stage their shards on their own disk here. HINT: save to a shared "
+        "filesystem path or a gs:// URL, or use format='tree' with each process's own data."
+    )
 
 
 def _as_gs(url: str | None) -> str | None:

@@ -10,7 +10,7 @@ from .protocol import Format
 from .refusal import Refusal
 
 _REGISTRY: dict[str, Format] = {}
-_BUILTIN_FORMATS = frozenset({"tree", "torch", "orbax", "pickle"})
+_BUILTIN_FORMATS = frozenset({"tree", "torch", "orbax", "pickle", "dcp"})
 
 
 def register_format(fmt: Format, *, replace: bool = False) -> None:
@@ -59,12 +59,19 @@ def _load_builtin_formats() -> None:
     # other, and `import ckpt_core` stays free of numpy-heavy format code until a save.
     if _REGISTRY.keys() >= _BUILTIN_FORMATS:
         return
+    from .dcp import DcpFormat
     from .orbax import OrbaxFormat
     from .pickle import PickleFormat
     from .torch import TorchFormat
     from .tree import TreeFormat
 
-    builtins: tuple[Format, ...] = (TreeFormat(), TorchFormat(), OrbaxFormat(), PickleFormat())
+    builtins: tuple[Format, ...] = (
+        TreeFormat(),
+        TorchFormat(),
+        OrbaxFormat(),
+        PickleFormat(),
+        DcpFormat(),
+    )
     for fmt in builtins:
         _REGISTRY.setdefault(fmt.name, fmt)  # a user's replacement, registered first, stays
 

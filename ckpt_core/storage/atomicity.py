@@ -106,8 +106,17 @@ def _exchange(a: Path, b: Path) -> bool:
 class RenamingStepWriter(StepWriter):
     """A step staged in a temporary directory beside the steps, renamed into place at commit."""
 
-    def __init__(self, root: Path, name: str, token: str, reap: Callable[[Path], None]) -> None:
-        """`reap` removes a directory no reader can see any more (perhaps in the background)."""
+    def __init__(
+        self,
+        root: Path,
+        name: str,
+        token: str,
+        reap: Callable[[Path], None],
+        *,
+        joined: bool = False,
+    ) -> None:
+        """`reap` removes a directory no reader can see any more (perhaps in the background);
+        `joined`: another process of the job made the directory and commits it."""
         super().__init__()
         self.token = token
         self._root = root
@@ -115,7 +124,9 @@ class RenamingStepWriter(StepWriter):
         self._reap = reap
         self._final = root / name
         self._tmp = root / layout.tmp_dirname(name, token)
-        self._tmp.mkdir()
+        self._joined = joined
+        if not joined:
+            self._tmp.mkdir()
         self._dirs: set[Path] = {self._tmp}
         self._committed = False
 
@@ -155,13 +166,13 @@ class RenamingStepWriter(StepWriter):
     def local_dir(self) -> Path:
         return self._tmp
 
-    def seal(self) -> dict[str, FileRecord]:
+    def seal(self, mine: Callable[[str], bool] | None = None) -> dict[str, FileRecord]:
         for dirpath, _, filenames in os.walk(self._tmp):
             d = Path(dirpath)
             self._dirs.add(d)
             for fn in filenames:
                 name = (d / fn).relative_to(self._tmp).as_posix()
-                if name in self.files:
+                if name in self.files or (mine is not None and not mine(name)):
                     continue
                 with open(d / fn, "rb", buffering=0) as f:  # written by a format itself
                     os.fsync(f.fileno())
@@ -169,6 +180,7 @@ class RenamingStepWriter(StepWriter):
         return dict(self.files)
 
     def commit(self, manifest: bytes) -> None:
+        assert not self._joined, "only the process that began a step commits it"
         path = self._tmp / MANIFEST
         with open(path, "wb") as f:
             f.write(manifest)
@@ -201,7 +213,7 @@ class RenamingStepWriter(StepWriter):
         shutil.rmtree(old, ignore_errors=True)
 
     def abort(self) -> None:
-        if not self._committed:
+        if not (self._committed or self._joined):  # a joined step is the beginner's to remove
             shutil.rmtree(self._tmp, ignore_errors=True)
 
 
@@ -286,7 +298,8 @@ class ObjectStore(Protocol):
 class ManifestLastStepWriter(StepWriter):
     """A step uploaded object by object, committed by the one PUT of its manifest."""
 
-    def __init__(self, store: ObjectStore, name: str, token: str) -> None:
+    def __init__(self, store: ObjectStore, name: str, token: str, *, joined: bool = False) -> None:
+        """`joined`: another process of the job began this write and commits it."""
         super().__init__()
         self.token = token
         self._s = store
@@ -295,11 +308,13 @@ class ManifestLastStepWriter(StepWriter):
         self._staging: Path | None = None
         self._direct: list[str] = []  # payload paths handed out by url(): a format writes there
         self._committed = False
+        self._joined = joined
         try:
             raw = store.read_bytes(f"{name}/{MANIFEST}")
             self._old = Manifest.from_json(raw, store.join(name, MANIFEST))
         except (FileNotFoundError, CorruptCheckpointError):
-            store.remove(name)  # leftovers of a step that never committed
+            if not joined:  # the beginner's uploads may be there already
+                store.remove(name)  # leftovers of a step that never committed
         # A replacement goes beside the committed payload, never over it.
         self._payload_dir = f"{REVISION_PREFIX}{token}" if self._old is not None else ""
 
@@ -338,7 +353,8 @@ class ManifestLastStepWriter(StepWriter):
             self._direct.append(name)
         return url
 
-    def seal(self) -> dict[str, FileRecord]:
+    def seal(self, mine: Callable[[str], bool] | None = None) -> dict[str, FileRecord]:
+        # Staged files are this process's own: each process stages on its own disk.
         if self._staging is not None:
             for dirpath, _, filenames in os.walk(self._staging):
                 for fn in filenames:
@@ -353,12 +369,13 @@ class ManifestLastStepWriter(StepWriter):
         for sub in self._direct:  # objects a format uploaded itself: listed, then read to hash
             for rel in self._s.find(self._rel(sub)):
                 name = rel[root:].lstrip("/")
-                if name not in self.files:
+                if name not in self.files and (mine is None or mine(name)):
                     self.files[name] = self._s.hash_file(rel)
         self._direct = []
         return dict(self.files)
 
     def commit(self, manifest: bytes) -> None:
+        assert not self._joined, "only the process that began a step commits it"
         self._s.write_small(f"{self._name}/{MANIFEST}", manifest)
         self._committed = True
         # The new step is live. Deleting the old payload is housekeeping: if it fails, the
@@ -373,8 +390,8 @@ class ManifestLastStepWriter(StepWriter):
     def abort(self) -> None:
         if self._staging is not None:
             shutil.rmtree(self._staging, ignore_errors=True)
-        if self._committed:
-            return  # never remove a committed step's payload
+        if self._committed or self._joined:
+            return  # never remove a committed step's payload; a joined step is the beginner's
         self._s.remove(f"{self._name}/{self._payload_dir}" if self._payload_dir else self._name)
 
 

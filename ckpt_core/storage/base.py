@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Hashable, Mapping
+from collections.abc import Callable, Collection, Hashable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -70,9 +70,10 @@ class StepWriter(ABC):
         return None
 
     @abstractmethod
-    def seal(self) -> dict[str, FileRecord]:
+    def seal(self, mine: Callable[[str], bool] | None = None) -> dict[str, FileRecord]:
         """Take in the files a format wrote itself (to `local_dir()` or under `url()`) and
-        return every payload file's record."""
+        return every payload file's record; with `mine`, only of the files it accepts (those
+        this process wrote, where several processes write one step)."""
 
     @abstractmethod
     def commit(self, manifest: bytes) -> None:
@@ -148,8 +149,12 @@ class Storage(ABC):
         return None
 
     @abstractmethod
-    def begin_step(self, name: str) -> StepWriter:
-        """Start writing the step directory `name` (which may already hold a committed step)."""
+    def begin_step(self, name: str, token: str | None = None) -> StepWriter:
+        """Start writing the step directory `name` (which may already hold a committed step).
+
+        With `token` (the `StepWriter.token` of another process of the job), join that
+        process's write instead: files go in beside its files; it alone commits or aborts.
+        """
 
     @abstractmethod
     def delete_step(self, name: str) -> None:

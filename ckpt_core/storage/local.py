@@ -108,7 +108,9 @@ class LocalStorage(Storage):
             )
         return p
 
-    def begin_step(self, name: str) -> StepWriter:
+    def begin_step(self, name: str, token: str | None = None) -> StepWriter:
+        if token is not None:
+            return atomicity.RenamingStepWriter(self.path, name, token, self.reap, joined=True)
         self.drain()  # the space of deleted steps is free before a new one is written
         with directory_errors_explained(self.path):
             self.path.mkdir(parents=True, exist_ok=True)

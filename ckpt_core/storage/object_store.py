@@ -123,8 +123,11 @@ class FsspecStorage(Storage):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def begin_step(self, name: str) -> StepWriter:
-        return atomicity.ManifestLastStepWriter(self, name, atomicity.new_token())
+    def begin_step(self, name: str, token: str | None = None) -> StepWriter:
+        joined = token is not None
+        return atomicity.ManifestLastStepWriter(
+            self, name, token or atomicity.new_token(), joined=joined
+        )
 
     def delete_step(self, name: str) -> None:
         atomicity.delete_manifest_first(self, name)

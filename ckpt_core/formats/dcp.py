@@ -1,0 +1,249 @@
+"""The `dcp` format: a torch.distributed.checkpoint (DCP) directory at `<step>/dcp`.
+
+For sharded torch states: DTensors of FSDP2 (`fully_shard`) and tensor parallelism, e.g. the
+model and optimizer state dicts of `torch.distributed.checkpoint.state_dict.get_state_dict`.
+In a `torch.distributed` job every process calls `save` with its own shards and writes them
+itself (`__<rank>_0.distcp`; rank 0 also DCP's `.metadata`). DCP reshards on load, so a
+step restores onto another world size, also onto one process without a process group:
+`restore(like={"model": model.state_dict()})` loads what `like` asks for (DCP's convention)
+and skips the rest. The payload opens with DCP alone:
+`torch.distributed.checkpoint.load(state_dict, checkpoint_id="<step>/dcp")`.
+
+Values that are not tensors (a step counter, the optimizer's param groups) are read with
+`torch.load(weights_only=True)`, never a full unpickle; a state holding something that
+cannot come back that way is refused at save.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any
+
+from .. import _tree
+from ..errors import CheckpointError, CorruptCheckpointError, StructureMismatchError
+from ..storage import StepWriter
+from .frameworks import framework_missing
+from .reader import StepReader
+from .snapshot import host_copy
+
+PAYLOAD_DIR = "dcp"
+_SHARD_FILE = re.compile(rf"^{PAYLOAD_DIR}/__([0-9]+)_[0-9]+\.distcp$")
+
+
+def _dcp() -> Any:
+    try:
+        import torch.distributed.checkpoint as dcp
+    except ImportError:
+        raise framework_missing("torch", "torch", "the dcp format") from None
+    return dcp
+
+
+class DcpFormat:
+    """Sharded torch states (DTensor) through torch.distributed.checkpoint."""
+
+    name = "dcp"
+    main_file = PAYLOAD_DIR
+    collective = True  # every process of a torch.distributed job writes its own shards
+
+    def __init__(self) -> None:
+        self._stager: Any = None
+        self._groups: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    def accepts(self, state: Any) -> bool:
+        return False  # chosen explicitly (sharded states), never by "auto"
+
+    def process_of(self, name: str) -> int:
+        """The rank that wrote payload file `name`: DCP names each rank's file `__<rank>_*`."""
+        m = _SHARD_FILE.match(name)
+        return int(m.group(1)) if m else 0
+
+    def snapshot(self, state: Any) -> Any:
+        """A copy that later training steps cannot change (DTensors stay DTensors)."""
+        _check_restorable(state)
+        self._save_group()  # made here, on the training thread: creating a group is collective
+        leaves = [leaf for _, leaf in _tree.iter_leaves_lenient(state)]
+        if all(leaf.device.type == "cpu" for leaf in leaves if _tree.is_torch_tensor(leaf)):
+            # Each process copies its own shards, into the buffers of the previous save.
+            return _tree.rebuild_like(state, lambda _, leaf: _cpu_copy(leaf))
+        # On accelerators: DCP's own staging (pinned buffers, reused) for its async_save.
+        from torch.distributed.checkpoint.staging import BlockingAsyncStager
+
+        if self._stager is None:
+            self._stager = BlockingAsyncStager(cache_staged_state_dict=True)
+        return self._stager.stage(state)
+
+    def write(self, state: Any, writer: StepWriter) -> None:
+        dcp = _dcp()
+        _check_restorable(state)
+        target = writer.local_dir() / PAYLOAD_DIR
+        dcp.save(
+            state,
+            storage_writer=dcp.FileSystemWriter(target, sync_files=True),
+            process_group=self._save_group(),
+        )
+
+    def _save_group(self) -> Any:
+        """A gloo group of all ranks for DCP's own exchanges, so a background save never
+        interleaves with the training loop's collectives on the default group (DCP's advice
+        for `async_save`); None without a process group."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return None
+        key = id(dist.distributed_c10d._get_default_group())
+        with self._lock:
+            if key not in self._groups:
+                self._groups[key] = dist.new_group(backend="gloo")
+            return self._groups[key]
+
+    def read(self, reader: StepReader, like: Any = None) -> Any:
+        where = reader.display(PAYLOAD_DIR)
+        if f"{PAYLOAD_DIR}/.metadata" not in reader.manifest.files:
+            raise CorruptCheckpointError(
+                f"step {reader.manifest.step} says it is in the dcp format, but its manifest "
+                f"lists no {PAYLOAD_DIR}/.metadata under {where}. HINT: restore an earlier step.",
+                path=where,
+            )
+        reader.verify_all()
+        try:
+            with reader.fetch_dir(PAYLOAD_DIR) as path:
+                return _load(path, like, f"step {reader.manifest.step}")
+        except (StructureMismatchError, CheckpointError):
+            raise
+        except Exception as e:  # DCP's own errors on a payload that verified but lies
+            raise CorruptCheckpointError(
+                f"torch.distributed.checkpoint could not read {where} ({type(e).__name__}: "
+                f"{str(e)[:300]}); every file matches the manifest, so the step was written "
+                "inconsistently. HINT: restore an earlier step.",
+                path=where,
+            ) from e
+
+
+def _cpu_copy(leaf: Any) -> Any:
+    """`host_copy` of a CPU leaf; a DTensor's local shard is copied and wrapped again."""
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(leaf, DTensor):
+        return host_copy(leaf)
+    return DTensor.from_local(
+        host_copy(leaf.to_local()),
+        leaf.device_mesh,
+        leaf.placements,
+        run_check=False,
+        shape=leaf.shape,
+        stride=leaf.stride(),
+    )
+
+
+def _load(path: Any, like: Any, where: str) -> Any:
+    dcp = _dcp()
+    from torch.distributed.checkpoint._nested_dict import flatten_state_dict
+
+    storage = dcp.FileSystemReader(path)
+    if like is None:
+        loaded: dict[str, Any] = {}
+        dcp.load(loaded, storage_reader=storage, planner=_safe_planner(everything=True))
+        return loaded
+    if not isinstance(like, dict):
+        raise TypeError(
+            f"the dcp format restores into a dict (a state dict), found {_tree.describe(like)}; "
+            "HINT: restore(like={'model': model.state_dict()})."
+        )
+    _check_like(flatten_state_dict(like)[0], storage.read_metadata().state_dict_metadata, where)
+    target = _tree.rebuild_like(like, lambda _, leaf: _empty_like(leaf))
+    dcp.load(target, storage_reader=storage, planner=_safe_planner(everything=False))
+    return target
+
+
+def _check_like(wanted: dict[str, Any], saved: dict[str, Any], where: str) -> None:
+    """Raise StructureMismatchError naming every key of `like` (DCP's flattened names) that the
+    step lacks or holds with another shape, dtype or kind; keys `like` leaves out are fine."""
+
+    problems = []
+    for fqn, value in wanted.items():
+        meta = saved.get(fqn)
+        if meta is None:
+            problems.append(f"  {fqn}: in `like` but not in the checkpoint")
+            continue
+        size = getattr(meta, "size", None)  # None: BytesStorageMetadata, not a tensor
+        is_tensor = _tree.is_torch_tensor(value)
+        if size is None or not is_tensor:
+            if is_tensor != (size is not None):
+                held = "a tensor" if size is not None else "a value that is not a tensor"
+                problems.append(f"  {fqn}: the checkpoint holds {held}, `like` does not")
+            continue
+        on_disk = (str(meta.properties.dtype).removeprefix("torch."), tuple(size))
+        wants = _tree.describe_leaf(value)
+        if wants != on_disk:
+            problems.append(
+                f"  {fqn}: shape {list(on_disk[1])} dtype {on_disk[0]} on disk, "
+                f"shape {list(value.shape)} dtype {str(value.dtype).removeprefix('torch.')} "
+                "in `like`"
+            )
+    if problems:
+        raise StructureMismatchError(
+            f"the checkpoint {where} does not match `like` ({len(problems)} "
+            f"difference{'s' if len(problems) != 1 else ''}, by DCP's flattened names):\n"
+            + "\n".join(problems)
+            + "\nHINT: build `like` from the same model and optimizer configuration as the "
+            "saving run (restore without `like` to see what was saved)."
+        )
+
+
+def _empty_like(leaf: Any) -> Any:
+    """A fresh tensor for DCP to load into (DTensors keep their mesh and placements); other
+    leaves as they are (DCP replaces them)."""
+    if not _tree.is_torch_tensor(leaf):
+        return leaf
+    import torch
+
+    if leaf.is_meta:
+        return torch.empty(leaf.shape, dtype=leaf.dtype)
+    fresh = torch.empty_like(leaf)
+    if isinstance(leaf, torch.nn.Parameter):
+        return torch.nn.Parameter(fresh, requires_grad=leaf.requires_grad)
+    return fresh
+
+
+def _safe_planner(*, everything: bool) -> Any:
+    """DCP's load planner, reading values that are not tensors with `weights_only=True` (DCP's
+    own uses a full unpickle); `everything`: rebuild the whole saved state (no `like`)."""
+    import io
+
+    import torch
+    from torch.distributed.checkpoint.default_planner import (
+        DefaultLoadPlanner,
+        _EmptyStateDictLoadPlanner,
+    )
+
+    base = _EmptyStateDictLoadPlanner if everything else DefaultLoadPlanner
+
+    class SafeLoadPlanner(base):  # type: ignore[misc, valid-type]
+        def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+            obj = torch.load(value, weights_only=True)
+            if self.flatten_state_dict:
+                from torch.distributed.checkpoint._traverse import set_element
+
+                fqn = read_item.dest_index.fqn
+                set_element(self.original_state_dict, self.mappings[fqn], obj)
+            else:
+                self.state_dict[read_item.dest_index.fqn] = obj
+
+    return SafeLoadPlanner()
+
+
+def _check_restorable(state: Any) -> None:
+    """Refuse a state whose values that are not tensors `torch.load(weights_only=True)` would
+    not give back, naming the first such value and the fix."""
+    from .torch import restore_refusal
+
+    values = {
+        _tree.path_str(path): leaf
+        for path, leaf in _tree.iter_leaves_lenient(state)
+        if not _tree.is_torch_tensor(leaf)
+    }
+    refusal = restore_refusal(values) if values else None
+    if refusal is not None:
+        raise TypeError(f"the dcp format cannot save this state: {refusal.message}")

@@ -1,0 +1,270 @@
+"""Many processes, one checkpoint: who takes part in a save, and how the processes meet.
+
+A manager is part of a multi-process job when the job's framework says so, asked lazily
+(never importing a framework):
+
+* JAX: `jax.distributed.initialize(...)` was called and `jax.process_count() > 1`;
+* torch: `torch.distributed` has an initialised default process group of world size > 1.
+
+Process 0 (JAX's process index, torch's global rank) is the primary. The processes meet
+through the framework's own key-value store (the `jax.distributed` client, torch's c10d
+store), never through device collectives, so a meeting can run on a background thread and
+gives up after a timeout instead of hanging: the error names the processes that did not
+come, the step, and what to do.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from . import errors
+from .errors import ProcessGroupError
+
+PRIMARY = 0
+DEFAULT_TIMEOUT_SECS = 300.0
+_POLL_SECS = 0.05
+
+
+class KeyValueStore(Protocol):
+    """The framework's key-value store, shared by every process of the job."""
+
+    name: str  # for messages: "jax.distributed", "torch.distributed"
+
+    def set(self, key: str, value: str) -> None:
+        """Publish `value` under `key` (each key is set once)."""
+
+    def get(self, key: str, timeout: float) -> str | None:
+        """The value of `key`, waiting up to `timeout` seconds for it; None if it never came."""
+
+
+@dataclass(frozen=True)
+class ProcessGroup:
+    """The processes of one job that save and restore one checkpoint together."""
+
+    index: int
+    count: int
+    store: KeyValueStore
+
+    @property
+    def is_primary(self) -> bool:
+        return self.index == PRIMARY
+
+
+def detect() -> ProcessGroup | None:
+    """The multi-process job this process belongs to, or None for a single process.
+
+    Only frameworks the program imported itself are asked; none is imported here.
+    """
+    return _jax_group() or _torch_group()
+
+
+def _jax_group() -> ProcessGroup | None:
+    jax = sys.modules.get("jax")
+    if jax is None:
+        return None
+    try:
+        from jax._src import distributed
+    except ImportError:  # pragma: no cover - a JAX without the distributed runtime
+        return None
+    client = getattr(distributed.global_state, "client", None)
+    if client is None:  # jax.distributed.initialize() was not called: one process
+        return None
+    count = int(jax.process_count())
+    if count <= 1:
+        return None
+    return ProcessGroup(int(jax.process_index()), count, _JaxStore(client))
+
+
+def _torch_group() -> ProcessGroup | None:
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return None
+    count = int(dist.get_world_size())
+    if count <= 1:
+        return None
+    store = dist.distributed_c10d._get_default_store()
+    return ProcessGroup(int(dist.get_rank()), count, _TorchStore(store))
+
+
+class _JaxStore:
+    name = "jax.distributed"
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def set(self, key: str, value: str) -> None:
+        self._client.key_value_set(key, value)
+
+    def get(self, key: str, timeout: float) -> str | None:
+        try:
+            return str(self._client.blocking_key_value_get(key, max(1, int(timeout * 1000))))
+        except Exception as e:
+            if "DEADLINE_EXCEEDED" in str(e):
+                return None
+            raise _store_failed(self.name, e) from e
+
+
+class _TorchStore:
+    name = "torch.distributed"
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def set(self, key: str, value: str) -> None:
+        self._store.set(key, value)
+
+    def get(self, key: str, timeout: float) -> str | None:
+        try:
+            self._store.wait([key], datetime.timedelta(seconds=max(timeout, 0.001)))
+            return bytes(self._store.get(key)).decode()
+        except Exception as e:
+            if "timeout" in str(e).lower() and "connect" not in str(e).lower():
+                return None
+            raise _store_failed(self.name, e) from e
+
+
+def _store_failed(name: str, e: BaseException) -> ProcessGroupError:
+    return ProcessGroupError(
+        f"the key-value store of {name} failed ({type(e).__name__}: {str(e)[:200]}): the "
+        "process that hosts it (process 0) has probably died. HINT: restart the job; it "
+        "resumes from the newest committed step."
+    )
+
+
+class InMemoryStore:
+    """A `KeyValueStore` for processes simulated by threads of one process (tests)."""
+
+    name = "in-memory"
+
+    def __init__(self) -> None:
+        self._values: dict[str, str] = {}
+        self._changed = threading.Condition()
+
+    def set(self, key: str, value: str) -> None:
+        with self._changed:
+            self._values[key] = value
+            self._changed.notify_all()
+
+    def get(self, key: str, timeout: float) -> str | None:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while key not in self._values:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._changed.wait(min(left, _POLL_SECS * 20))
+            return self._values[key]
+
+
+# ---------------------------------------------------------------- meeting the others
+
+_OPENED: Counter[str] = Counter()
+_OPENED_LOCK = threading.Lock()
+
+
+class Meeting:
+    """The meetings of one manager's processes: one namespace of keys, the same in every
+    process because every process opens its managers in the same order (the SPMD convention).
+
+    Every message is JSON. A process that fails publishes its error instead of its value, so
+    the others fail at once with its message instead of waiting for the timeout.
+    """
+
+    def __init__(self, group: ProcessGroup, directory: str, timeout: float) -> None:
+        self.group = group
+        self.timeout = timeout
+        digest = hashlib.sha1(directory.encode()).hexdigest()[:12]
+        opened = f"{digest}/{group.index}"  # per process index: threads can stand for processes
+        with _OPENED_LOCK:
+            _OPENED[opened] += 1
+            self._namespace = f"ckpt_core/{digest}/{_OPENED[opened]}"
+        self._topics: Counter[str] = Counter()
+        self._topics_lock = threading.Lock()
+
+    def topic(self, name: str) -> str:
+        """A fresh key prefix for one meeting; call it in the same order in every process."""
+        with self._topics_lock:
+            self._topics[name] += 1
+            return f"{self._namespace}/{name}/{self._topics[name]}"
+
+    def share(self, topic: str, value: Any, *, what: str, hint: str) -> Any:
+        """The primary's `value`, in every process (the primary passes it, others None).
+
+        Raises:
+            ProcessGroupError: the primary did not publish it within the timeout, or
+                published an error instead (its type and message are kept).
+        """
+        key = f"{topic}/primary"
+        if self.group.is_primary:
+            self.group.store.set(key, json.dumps({"value": value}))
+            return value
+        # The primary itself may wait up to the timeout for the others first.
+        message = self._get(key, 2 * self.timeout)
+        if message is None:
+            raise self._absent([PRIMARY], 2 * self.timeout, what, hint)
+        return self._unpack(message, PRIMARY, what)
+
+    def fail(self, topic: str, error: BaseException) -> None:
+        """Tell the others that this process failed at meeting `topic` (best effort)."""
+        key = f"{topic}/primary" if self.group.is_primary else f"{topic}/{self.group.index}"
+        try:
+            self.group.store.set(
+                key, json.dumps({"error": f"{error}", "type": type(error).__name__})
+            )
+        except Exception:  # the store itself is gone: the others time out instead
+            pass
+
+    def gather(self, topic: str, value: Any, *, what: str, hint: str) -> list[Any] | None:
+        """Every process's `value`, in process order, in the primary; None elsewhere.
+
+        Raises:
+            ProcessGroupError: in the primary, when processes did not publish within the
+                timeout (all of them are named) or one published an error.
+        """
+        group = self.group
+        if not group.is_primary:
+            group.store.set(f"{topic}/{group.index}", json.dumps({"value": value}))
+            return None
+        values: list[Any] = [value]
+        deadline = time.monotonic() + self.timeout
+        for index in range(1, group.count):
+            message = self._get(f"{topic}/{index}", max(0.0, deadline - time.monotonic()))
+            if message is None:
+                missing = [
+                    i
+                    for i in range(index, group.count)
+                    if self._get(f"{topic}/{i}", _POLL_SECS) is None
+                ]
+                raise self._absent(missing, self.timeout, what, hint)
+            values.append(self._unpack(message, index, what))
+        return values
+
+    def _get(self, key: str, timeout: float) -> str | None:
+        return self.group.store.get(key, timeout)
+
+    def _unpack(self, message: str, index: int, what: str) -> Any:
+        doc = json.loads(message)
+        if "error" not in doc:
+            return doc["value"]
+        kind = getattr(errors, doc.get("type", ""), None)
+        text = f"process {index} of {self.group.count} failed {what}: {doc['error']}"
+        if isinstance(kind, type) and issubclass(kind, errors.CheckpointError):
+            raise kind(text)  # e.g. CheckpointLockedError, as the primary met it
+        raise ProcessGroupError(text)
+
+    def _absent(self, missing: list[int], waited: float, what: str, hint: str) -> ProcessGroupError:
+        names = ", ".join(map(str, missing))
+        plural = "es" if len(missing) > 1 else ""
+        return ProcessGroupError(
+            f"process{plural} {names} of {self.group.count} ({self.group.store.name}) did not "
+            f"take part {what} within {waited:g} s: died, hung, or never made the same call. "
+            f"HINT: {hint}"
+        )

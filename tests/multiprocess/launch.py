@@ -1,0 +1,102 @@
+"""Start N real processes of one job over loopback, wait for them with a bound, kill every one.
+
+Each process runs `python -m tests.multiprocess.worker SCENARIO INDEX COUNT PORT DIR ARGS`
+and ends its output with one `RESULT {json}` line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Outcome:
+    """What one process of a launch did."""
+
+    index: int
+    returncode: int | None  # None: it was still running at the deadline and was killed
+    output: str
+
+    @property
+    def result(self) -> Any:
+        for line in reversed(self.output.splitlines()):
+            if line.startswith("RESULT "):
+                return json.loads(line[len("RESULT ") :])
+        raise AssertionError(f"process {self.index} reported no result:\n{self.output[-4000:]}")
+
+
+def launch(
+    scenario: str,
+    directory: str | Path,
+    *,
+    processes: int = 2,
+    timeout: float = 120.0,
+    env: dict[str, str] | None = None,
+    **args: Any,
+) -> list[Outcome]:
+    """Run `scenario` in `processes` processes; every one is killed by the end, however it ends."""
+    port = free_port()
+    child_env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "JAX_PLATFORMS": "cpu",
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+        **(env or {}),
+    }
+    spec = json.dumps(args)
+    children: list[subprocess.Popen[str]] = []
+    logs = []
+    try:
+        for index in range(processes):
+            log = open(Path(directory).parent / f".{scenario}-{port}-{index}.log", "w+")  # noqa: SIM115
+            logs.append(log)
+            command = [sys.executable, "-m", "tests.multiprocess.worker", scenario]
+            command += [str(index), str(processes), str(port), str(directory), spec]
+            children.append(
+                subprocess.Popen(
+                    command, cwd=ROOT, env=child_env, stdout=log, stderr=subprocess.STDOUT, text=True
+                )
+            )
+        deadline = time.monotonic() + timeout
+        codes: list[int | None] = []
+        for child in children:
+            try:
+                codes.append(child.wait(timeout=max(0.1, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                codes.append(None)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGKILL)
+                child.wait()
+    outcomes = []
+    for index, (log, code) in enumerate(zip(logs, codes, strict=False)):
+        log.seek(0)
+        outcomes.append(Outcome(index, code, log.read()))
+        log.close()
+    return outcomes
+
+
+def succeeded(outcomes: list[Outcome]) -> list[Any]:
+    """Every process's result; fails naming the process that did not exit cleanly."""
+    for o in outcomes:
+        assert o.returncode == 0, f"process {o.index} exited with {o.returncode}:\n{o.output[-6000:]}"
+    return [o.result for o in outcomes]

@@ -1,0 +1,279 @@
+"""One process of a multi-process test job: `python -m tests.multiprocess.worker SCENARIO
+INDEX COUNT PORT DIR ARGS_JSON`. Prints `RESULT {json}` last.
+
+torch processes meet over gloo (`tcp://127.0.0.1:PORT`) and shard a small MLP with FSDP2
+`fully_shard` on CPU; JAX processes meet through `jax.distributed` on `127.0.0.1:PORT` with
+gloo CPU collectives and 2 CPU devices each. A COUNT of 1 runs without any process group.
+Every value saved is a pure function of a seed, so any process can check what it restores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def report(**values: Any) -> None:
+    print("RESULT " + json.dumps(values), flush=True)
+
+
+def manager_options(args: dict[str, Any]) -> dict[str, Any]:
+    options = dict(args.get("options", {}))
+    if "endpoint" in args:
+        options["storage_options"] = {
+            "key": os.environ["AWS_ACCESS_KEY_ID"],
+            "secret": os.environ["AWS_SECRET_ACCESS_KEY"],
+            "client_kwargs": {"endpoint_url": args["endpoint"], "region_name": "us-east-1"},
+        }
+    return options
+
+
+# ---------------------------------------------------------------- torch
+
+
+def torch_start(index: int, count: int, port: int) -> None:
+    import torch.distributed as dist
+
+    if count > 1:
+        dist.init_process_group(
+            "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=index, world_size=count
+        )
+
+
+def torch_model(seed: int, count: int) -> tuple[Any, Any]:
+    """An MLP (FSDP2-sharded over `count` processes when count > 1) and its Adam."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+    if count > 1:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh("cpu", (count,))
+        fully_shard(model[0], mesh=mesh)
+        fully_shard(model[2], mesh=mesh)
+        fully_shard(model, mesh=mesh)
+    return model, torch.optim.Adam(model.parameters(), lr=0.01)
+
+
+def torch_train(model: Any, opt: Any, step: int) -> float:
+    import torch
+
+    gen = torch.Generator().manual_seed(1000 + step)
+    x = torch.randn(8, 16, generator=gen)
+    loss = model(x).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return float(loss)
+
+
+def torch_full_state(model: Any, opt: Any) -> dict[str, Any]:
+    """The whole (unsharded) model and optimizer state, as plain CPU tensors, in every process."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    msd, osd = get_state_dict(model, opt, options=StateDictOptions(full_state_dict=True))
+    return {"model": msd, "optim": osd}
+
+
+def torch_fingerprint(full: dict[str, Any]) -> dict[str, float]:
+    import torch
+
+    out: dict[str, float] = {}
+    for key, value in full["model"].items():
+        out[f"model/{key}"] = float(value.double().sum())
+    for key, state in full["optim"]["state"].items():
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor):
+                out[f"optim/{key}/{name}"] = float(value.double().sum())
+    return out
+
+
+def torch_save(index: int, count: int, port: int, directory: str, args: dict[str, Any]) -> None:
+    """Train and save steps; report what every process sees of the run."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    from ckpt_core import CheckpointManager
+
+    torch_start(index, count, port)
+    model, opt = torch_model(seed=0, count=count)
+    losses = args.get("losses", {})
+    kill_at = args.get("kill_rank_at")  # (rank, step): that rank dies once its shards are written
+    if kill_at is not None:
+        _die_after_writing(index, *kill_at)
+    options = {"format": "dcp", "on_existing": "resume", **manager_options(args)}
+    began = time.monotonic()
+    try:
+        with CheckpointManager(directory, **options) as mgr:
+            first = mgr.latest_step() + 1 if mgr.resuming else 1
+            if mgr.resuming:
+                restored = mgr.restore(like=dict(zip(("model", "optim"), get_state_dict(model, opt))))
+                from torch.distributed.checkpoint.state_dict import set_state_dict
+
+                set_state_dict(model, opt, model_state_dict=restored["model"],
+                               optim_state_dict=restored["optim"])  # fmt: skip
+            for step in range(first, args["last_step"] + 1):
+                torch_train(model, opt, step)
+                msd, osd = get_state_dict(model, opt)
+                metrics = {"loss": losses[str(step)]} if str(step) in losses else None
+                mgr.save(step, {"model": msd, "optim": osd, "step": step}, metrics=metrics)
+            mgr.wait()
+            seen = {"steps": mgr.all_steps(), "best": mgr.best_step(), "resumed": mgr.resuming}
+    except Exception as e:
+        report(error=str(e), type=type(e).__name__, seconds=time.monotonic() - began)
+        os._exit(0)  # the process group cannot be torn down with a peer gone
+    report(fingerprint=torch_fingerprint(torch_full_state(model, opt)), first=first, **seen)
+
+
+def _die_after_writing(index: int, rank: int, step: int) -> None:
+    from ckpt_core.formats import dcp
+
+    write = dcp.DcpFormat.write
+
+    def write_then_die(self: Any, state: Any, writer: Any) -> None:
+        write(self, state, writer)
+        if index == rank and state["step"] == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    dcp.DcpFormat.write = write_then_die  # type: ignore[method-assign]
+
+
+def torch_restore(index: int, count: int, port: int, directory: str, args: dict[str, Any]) -> None:
+    """Restore the latest step into a model sharded over `count` processes (1: no process
+    group, a plain model) built from another seed; report its whole state."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    from ckpt_core import CheckpointManager
+
+    torch_start(index, count, port)
+    model, opt = torch_model(seed=1, count=count)
+    torch_train(model, opt, step=0)  # Adam's state exists only after a step
+    with CheckpointManager(directory, read_only=True, **manager_options(args)) as mgr:
+        msd, osd = get_state_dict(model, opt)
+        restored = mgr.restore(like={"model": msd, "optim": osd} if args.get("optim") else {"model": msd})
+        model_only = mgr.restore(like={"model": model.state_dict()})["model"]
+    set_state_dict(model, opt, model_state_dict=restored["model"],
+                   optim_state_dict=restored.get("optim", osd))  # fmt: skip
+    full = torch_full_state(model, opt)
+    same = all(
+        bool((model_only[k].full_tensor() if hasattr(model_only[k], "full_tensor") else model_only[k]).equal(v))
+        for k, v in full["model"].items()
+    )
+    report(fingerprint=torch_fingerprint(full), model_only_matches=same)
+
+
+# ---------------------------------------------------------------- JAX
+
+
+def jax_start(index: int, count: int, port: int) -> Any:
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    import jax
+
+    if count > 1:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=count, process_id=index)
+    return jax
+
+
+def jax_values(step: int) -> dict[str, Any]:
+    import numpy as np
+
+    rng = np.random.default_rng(step)
+    return {
+        "w": rng.standard_normal((8, 4)).astype(np.float32),
+        "b": np.arange(4, dtype=np.float32) + step,
+    }
+
+
+def jax_state(jax: Any, mesh: Any, specs: dict[str, Any], step: int) -> dict[str, Any]:
+    from jax.sharding import NamedSharding
+
+    values = jax_values(step)
+    state: dict[str, Any] = {"step": step}
+    for name, spec in specs.items():
+        sharding = NamedSharding(mesh, spec)
+        value = values[name]
+        state[name] = jax.make_array_from_callback(value.shape, sharding, lambda i, v=value: v[i])
+    return state
+
+
+def jax_check(state: dict[str, Any], step: int) -> bool:
+    """Whether every shard this process holds has the values of `step`."""
+    import numpy as np
+
+    values = jax_values(step)
+    return all(
+        np.array_equal(np.asarray(shard.data), values[name][shard.index])
+        for name in ("w", "b")
+        for shard in state[name].addressable_shards
+    ) and int(state["step"]) == step
+
+
+def jax_save(index: int, count: int, port: int, directory: str, args: dict[str, Any]) -> None:
+    """A plain JAX loop with `CkptHook` in every process: a 4-device mesh, `w` sharded."""
+    jax = jax_start(index, count, port)
+    import numpy as np
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
+
+    from integrations.flax import CkptHook
+
+    mesh = Mesh(np.array(jax.devices()), ("x",))
+    specs = {"w": P("x"), "b": P()}
+    hook = CkptHook(directory, resume=True, **args.get("options", {}))
+    state = hook.restore_or(jax_state(jax, mesh, specs, 0))
+    restored_ok = jax_check(state, hook.start_step - 1) if hook.start_step > 0 else True
+    for step in range(hook.start_step, args["last_step"] + 1):
+        state = jax_state(jax, mesh, specs, step)
+        hook(step, state, metrics={"loss": args["losses"][str(step)]})
+    hook.close()
+    mgr = hook.manager
+    report(steps=mgr.all_steps(), best=mgr.best_step(), start=hook.start_step, ok=restored_ok)
+
+
+def jax_restore(index: int, count: int, port: int, directory: str, args: dict[str, Any]) -> None:
+    """Restore onto another mesh through abstract `like` leaves with shardings."""
+    jax = jax_start(index, count, port)
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from ckpt_core import CheckpointManager
+
+    devices = np.array(jax.devices())
+    if devices.size == 4:
+        mesh = Mesh(devices.reshape(2, 2), ("a", "b"))
+        specs = {"w": P("b", "a"), "b": P("a")}
+    else:
+        mesh = Mesh(devices, ("a",))
+        specs = {"w": P(None, "a"), "b": P()}
+    like: dict[str, Any] = {"step": 0}
+    for name, value in jax_values(0).items():
+        sharding = NamedSharding(mesh, specs[name])
+        like[name] = jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=sharding)
+    with CheckpointManager(directory, read_only=True) as mgr:
+        step = mgr.latest_step()
+        state = mgr.restore(like=like)
+    placed = all(state[n].sharding == like[n].sharding for n in ("w", "b"))
+    report(step=step, ok=jax_check(state, step), placed=placed, devices=int(devices.size))
+
+
+SCENARIOS = {f.__name__: f for f in (torch_save, torch_restore, jax_save, jax_restore)}
+
+
+def main() -> None:
+    scenario, index, count, port, directory, spec = sys.argv[1:7]
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    SCENARIOS[scenario](int(index), int(count), int(port), directory, json.loads(spec))
+    sys.stdout.flush()
+    os._exit(0)  # skip framework teardown (gloo, the coordination service): the test is done
+
+
+if __name__ == "__main__":
+    main()
