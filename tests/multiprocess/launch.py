@@ -72,7 +72,12 @@ def launch(
             command += [str(index), str(processes), str(port), str(directory), spec]
             children.append(
                 subprocess.Popen(
-                    command, cwd=ROOT, env=child_env, stdout=log, stderr=subprocess.STDOUT, text=True
+                    command,
+                    cwd=ROOT,
+                    env=child_env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    text=True,
                 )
             )
         deadline = time.monotonic() + timeout
@@ -98,5 +103,10 @@ def launch(
 def succeeded(outcomes: list[Outcome]) -> list[Any]:
     """Every process's result; fails naming the process that did not exit cleanly."""
     for o in outcomes:
-        assert o.returncode == 0, f"process {o.index} exited with {o.returncode}:\n{o.output[-6000:]}"
-    return [o.result for o in outcomes]
+        assert o.returncode == 0, (
+            f"process {o.index} exited with {o.returncode}:\n{o.output[-6000:]}"
+        )
+    results = [o.result for o in outcomes]
+    for o, result in zip(outcomes, results, strict=True):
+        assert "error" not in result, f"process {o.index} failed:\n{o.output[-6000:]}"
+    return results

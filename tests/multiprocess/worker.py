@@ -17,9 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+STARTED = time.monotonic()
+
 
 def report(**values: Any) -> None:
-    print("RESULT " + json.dumps(values), flush=True)
+    print("RESULT " + json.dumps({**values, "uptime": time.monotonic() - STARTED}), flush=True)
 
 
 def manager_options(args: dict[str, Any]) -> dict[str, Any]:
@@ -104,16 +106,18 @@ def torch_save(index: int, count: int, port: int, directory: str, args: dict[str
     torch_start(index, count, port)
     model, opt = torch_model(seed=0, count=count)
     losses = args.get("losses", {})
-    kill_at = args.get("kill_rank_at")  # (rank, step): that rank dies once its shards are written
+    kill_at = args.get("kill_rank_at")  # (rank, step, when): that rank dies in that save
     if kill_at is not None:
-        _die_after_writing(index, *kill_at)
+        _die_in_save(index, *kill_at)
     options = {"format": "dcp", "on_existing": "resume", **manager_options(args)}
     began = time.monotonic()
     try:
         with CheckpointManager(directory, **options) as mgr:
             first = mgr.latest_step() + 1 if mgr.resuming else 1
             if mgr.resuming:
-                restored = mgr.restore(like=dict(zip(("model", "optim"), get_state_dict(model, opt))))
+                restored = mgr.restore(
+                    like=dict(zip(("model", "optim"), get_state_dict(model, opt)))
+                )
                 from torch.distributed.checkpoint.state_dict import set_state_dict
 
                 set_state_dict(model, opt, model_state_dict=restored["model"],
@@ -131,17 +135,22 @@ def torch_save(index: int, count: int, port: int, directory: str, args: dict[str
     report(fingerprint=torch_fingerprint(torch_full_state(model, opt)), first=first, **seen)
 
 
-def _die_after_writing(index: int, rank: int, step: int) -> None:
+def _die_in_save(index: int, rank: int, step: int, when: str) -> None:
+    """Make process `rank` SIGKILL itself in the save of `step`: "before" its shards are
+    written (its peers are inside DCP's collective then) or "after" (before it reports them)."""
     from ckpt_core.formats import dcp
 
     write = dcp.DcpFormat.write
 
-    def write_then_die(self: Any, state: Any, writer: Any) -> None:
+    def write_and_die(self: Any, state: Any, writer: Any) -> None:
+        doomed = index == rank and state["step"] == step
+        if doomed and when == "before":
+            os.kill(os.getpid(), signal.SIGKILL)
         write(self, state, writer)
-        if index == rank and state["step"] == step:
+        if doomed and when == "after":
             os.kill(os.getpid(), signal.SIGKILL)
 
-    dcp.DcpFormat.write = write_then_die  # type: ignore[method-assign]
+    dcp.DcpFormat.write = write_and_die  # type: ignore[method-assign]
 
 
 def torch_restore(index: int, count: int, port: int, directory: str, args: dict[str, Any]) -> None:
@@ -156,13 +165,21 @@ def torch_restore(index: int, count: int, port: int, directory: str, args: dict[
     torch_train(model, opt, step=0)  # Adam's state exists only after a step
     with CheckpointManager(directory, read_only=True, **manager_options(args)) as mgr:
         msd, osd = get_state_dict(model, opt)
-        restored = mgr.restore(like={"model": msd, "optim": osd} if args.get("optim") else {"model": msd})
+        restored = mgr.restore(
+            like={"model": msd, "optim": osd} if args.get("optim") else {"model": msd}
+        )
         model_only = mgr.restore(like={"model": model.state_dict()})["model"]
     set_state_dict(model, opt, model_state_dict=restored["model"],
                    optim_state_dict=restored.get("optim", osd))  # fmt: skip
     full = torch_full_state(model, opt)
     same = all(
-        bool((model_only[k].full_tensor() if hasattr(model_only[k], "full_tensor") else model_only[k]).equal(v))
+        bool(
+            (
+                model_only[k].full_tensor()
+                if hasattr(model_only[k], "full_tensor")
+                else model_only[k]
+            ).equal(v)
+        )
         for k, v in full["model"].items()
     )
     report(fingerprint=torch_fingerprint(full), model_only_matches=same)
@@ -208,11 +225,14 @@ def jax_check(state: dict[str, Any], step: int) -> bool:
     import numpy as np
 
     values = jax_values(step)
-    return all(
-        np.array_equal(np.asarray(shard.data), values[name][shard.index])
-        for name in ("w", "b")
-        for shard in state[name].addressable_shards
-    ) and int(state["step"]) == step
+    return (
+        all(
+            np.array_equal(np.asarray(shard.data), values[name][shard.index])
+            for name in ("w", "b")
+            for shard in state[name].addressable_shards
+        )
+        and int(state["step"]) == step
+    )
 
 
 def jax_save(index: int, count: int, port: int, directory: str, args: dict[str, Any]) -> None:

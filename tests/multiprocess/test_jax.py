@@ -1,0 +1,32 @@
+"""jax.distributed jobs of 2 real processes (gloo CPU collectives, 2 CPU devices each) saving
+`orbax` through `CkptHook`, and restoring onto other meshes and process counts."""
+
+from __future__ import annotations
+
+import json
+
+from .launch import launch, succeeded
+
+
+def test_saved_by_two_restores_onto_one_and_onto_another_mesh_of_two(tmp_path, ckpt):
+    run = tmp_path / "run"
+    losses = {"0": 9.0, "1": 3.0, "2": 1.0, "3": 2.0}
+    options = {"max_to_keep": 1, "best_fn": "loss"}
+    saved = succeeded(launch("jax_save", run, last_step=3, losses=losses, options=options))
+    assert saved[0]["steps"] == saved[1]["steps"] == [2, 3]
+    assert saved[0]["best"] == saved[1]["best"] == 2
+    files = json.loads((run / "step_00000003" / "manifest.json").read_text())["files"]
+    assert any("ocdbt.process_1/" in name for name in files)  # process 1's own shards
+
+    # 1 process, 2 devices: `like` of ShapeDtypeStructs with shardings on a 1-D mesh.
+    one = succeeded(launch("jax_restore", run, processes=1))[0]
+    assert one == {**one, "step": 3, "ok": True, "placed": True, "devices": 2}
+    # 2 processes, a 2x2 mesh and other partition specs than the saving run.
+    two = succeeded(launch("jax_restore", run))
+    assert all(r == {**r, "step": 3, "ok": True, "placed": True, "devices": 4} for r in two)
+
+    # A relaunch of the loop resumes from the newest step in every process.
+    resumed = succeeded(launch("jax_save", run, last_step=4, losses={"4": 0.5}, options=options))
+    assert all(r["start"] == 4 and r["ok"] and r["steps"] == [4] for r in resumed)
+    assert ckpt("verify", run)["intact"]
+    assert ckpt("show", run)["format"] == "orbax"

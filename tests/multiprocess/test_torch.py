@@ -1,0 +1,108 @@
+"""torch.distributed jobs of 2 real processes (gloo, FSDP2 `fully_shard` on CPU) saving `dcp`."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from ckpt_core import CheckpointManager
+
+from .launch import launch, succeeded
+
+RETAIN = {"max_to_keep": 1, "best_fn": "loss"}
+
+
+def test_saved_by_two_restores_onto_one_and_back_onto_two(tmp_path, ckpt):
+    run = tmp_path / "run"
+    losses = {"1": 3.0, "2": 1.0, "3": 2.0}
+    saved = succeeded(launch("torch_save", run, last_step=3, losses=losses, options=RETAIN))
+
+    # One run, seen alike by both processes: retention and best tracking across processes.
+    assert saved[0]["steps"] == saved[1]["steps"] == [2, 3]  # 3 the latest, 2 the best
+    assert saved[0]["best"] == saved[1]["best"] == 2
+    assert saved[0]["fingerprint"] == saved[1]["fingerprint"]
+    # The primary's manifest covers every process's shards, checksummed by their writers.
+    manifest = json.loads((run / "step_00000003" / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"dcp/.metadata", "dcp/__0_0.distcp", "dcp/__1_0.distcp"}
+    assert sorted(p.name for p in run.iterdir()) == [
+        ".lock", "best", "latest", "run.json", "step_00000002", "step_00000003",
+    ]  # fmt: skip
+
+    # Onto 1 process without a process group, into a plain model and optimizer.
+    one = succeeded(launch("torch_restore", run, processes=1, optim=True))[0]
+    assert one["fingerprint"] == saved[0]["fingerprint"]
+    assert one["model_only_matches"]  # like={"model": ...} loads the model alone
+    # Back onto 2 processes, into a model sharded from another seed.
+    two = succeeded(launch("torch_restore", run, optim=True))
+    assert two[0]["fingerprint"] == two[1]["fingerprint"] == saved[0]["fingerprint"]
+
+    # DCP itself opens the step.
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    bias = {"model": {"2.bias": torch.zeros(8)}}
+    dcp.load(bias, checkpoint_id=str(run / "step_00000003" / "dcp"))
+    assert float(bias["model"]["2.bias"].double().sum()) == pytest.approx(
+        saved[0]["fingerprint"]["model/2.bias"]
+    )
+    # And the `ckpt` command.
+    assert ckpt("verify", run)["intact"]
+    listed = ckpt("ls", run)["runs"][0]
+    assert [s["step"] for s in listed["steps"]] == [2, 3] and listed["best"] == 2
+    shown = ckpt("show", run, 3)
+    assert shown["format"] == "dcp" and len(shown["files"]) == 3
+
+
+def test_a_process_killed_mid_save_leaves_no_step_and_the_relaunch_resumes(tmp_path):
+    run = tmp_path / "run"
+    timeout = 3.0
+    options = {"barrier_timeout_secs": timeout}
+    died = launch("torch_save", run, last_step=2, kill_rank_at=[1, 2, "after"], options=options)
+
+    assert died[1].returncode == -9
+    survivor = died[0].result
+    assert survivor["type"] == "ProcessGroupError"
+    message = survivor["error"]
+    assert "process 1 of 2" in message and "step 2" in message and "HINT" in message
+    assert survivor["seconds"] < timeout + 5  # both saves, and the bounded wait
+    # No step 2, no temporary left; step 1 intact.
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "latest", "run.json", "step_00000001"]
+    with CheckpointManager(run, read_only=True) as mgr:
+        assert mgr.all_steps() == [1]
+        mgr.verify(1)
+
+    relaunched = succeeded(launch("torch_save", run, last_step=3, options=options))
+    assert [r["first"] for r in relaunched] == [2, 2]
+    assert relaunched[0]["steps"] == relaunched[1]["steps"] == [1, 2, 3]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("who, when", [(1, "before"), (0, "after")])
+def test_any_process_killed_mid_save_fails_the_others_with_a_clear_error(tmp_path, who, when):
+    """A rank killed inside DCP's collective write, and the primary killed before it commits."""
+    run = tmp_path / "run"
+    options = {"barrier_timeout_secs": 5.0}
+    began = time.monotonic()
+    died = launch("torch_save", run, last_step=2, kill_rank_at=[who, 2, when], options=options)
+    assert died[who].returncode == -9
+    survivor = died[1 - who].result
+    assert survivor["type"] == "ProcessGroupError", survivor
+    assert "step 2" in survivor["error"] or "process 0" in survivor["error"]
+    assert "HINT" in survivor["error"] and "restart" in survivor["error"]
+    assert time.monotonic() - began < 120
+    with CheckpointManager(run, read_only=True) as mgr:
+        assert mgr.all_steps() == [1]
+        mgr.verify(1)
+
+
+@pytest.mark.slow
+def test_async_saves_from_two_processes(tmp_path, ckpt):
+    run = tmp_path / "run"
+    options = {"async_save": True, "max_to_keep": 2}
+    saved = succeeded(launch("torch_save", run, last_step=4, options=options))
+    assert saved[0]["steps"] == saved[1]["steps"] == [3, 4]
+    one = succeeded(launch("torch_restore", run, processes=1, optim=True))[0]
+    assert one["fingerprint"] == saved[0]["fingerprint"]
+    assert ckpt("verify", run)["intact"]
