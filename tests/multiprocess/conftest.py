@@ -29,3 +29,6 @@ def ckpt():
         return json.loads(done.stdout) if json_output else done.stdout
 
     return run
+
+
+from tests.s3.conftest import s3_run, s3_server  # noqa: E402, F401  (the local S3 server)

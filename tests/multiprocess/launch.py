@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,7 @@ def launch(
     logs = []
     try:
         for index in range(processes):
-            log = open(Path(directory).parent / f".{scenario}-{port}-{index}.log", "w+")  # noqa: SIM115
+            log = tempfile.TemporaryFile("w+")  # noqa: SIM115  (closed below)
             logs.append(log)
             command = [sys.executable, "-m", "tests.multiprocess.worker", scenario]
             command += [str(index), str(processes), str(port), str(directory), spec]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from .launch import launch, succeeded
 
 
@@ -30,3 +32,18 @@ def test_saved_by_two_restores_onto_one_and_onto_another_mesh_of_two(tmp_path, c
     assert all(r["start"] == 4 and r["ok"] and r["steps"] == [4] for r in resumed)
     assert ckpt("verify", run)["intact"]
     assert ckpt("show", run)["format"] == "orbax"
+
+
+@pytest.mark.slow
+def test_async_saves_while_the_loop_runs_collectives(tmp_path):
+    """orbax meets through the jax.distributed client on the background thread, so the
+    loop's own cross-process computations go on meanwhile (a device barrier would deadlock)."""
+    run = tmp_path / "run"
+    losses = {str(step): 1.0 for step in range(6)}
+    options = {"async_save": True, "max_to_keep": 2}
+    saved = succeeded(
+        launch("jax_save", run, last_step=5, losses=losses, collectives=50, options=options)
+    )
+    assert saved[0]["steps"] == saved[1]["steps"] == [4, 5]
+    one = succeeded(launch("jax_restore", run, processes=1))[0]
+    assert one["step"] == 5 and one["ok"]

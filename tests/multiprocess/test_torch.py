@@ -106,3 +106,23 @@ def test_async_saves_from_two_processes(tmp_path, ckpt):
     one = succeeded(launch("torch_restore", run, processes=1, optim=True))[0]
     assert one["fingerprint"] == saved[0]["fingerprint"]
     assert ckpt("verify", run)["intact"]
+
+
+@pytest.mark.slow
+def test_the_same_protocol_on_s3(s3_run, s3_server):
+    """Each process stages its shards on its own disk and uploads them; the primary's
+    manifest, written last, commits the step."""
+    endpoint = {"endpoint": s3_server.endpoint}
+    env = s3_server.env()
+    saved = succeeded(
+        launch("torch_save", s3_run.url, last_step=2, env=env, options=RETAIN, **endpoint)
+    )
+    assert saved[0]["steps"] == saved[1]["steps"] == [2]
+    assert set(s3_run.step_keys(2)) == {
+        "step_00000002/manifest.json",
+        "step_00000002/dcp/.metadata",
+        "step_00000002/dcp/__0_0.distcp",
+        "step_00000002/dcp/__1_0.distcp",
+    }
+    one = succeeded(launch("torch_restore", s3_run.url, processes=1, env=env, **endpoint))[0]
+    assert one["fingerprint"]["model/0.weight"] == saved[0]["fingerprint"]["model/0.weight"]

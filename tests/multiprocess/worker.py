@@ -249,9 +249,12 @@ def jax_save(index: int, count: int, port: int, directory: str, args: dict[str, 
     hook = CkptHook(directory, resume=True, **args.get("options", {}))
     state = hook.restore_or(jax_state(jax, mesh, specs, 0))
     restored_ok = jax_check(state, hook.start_step - 1) if hook.start_step > 0 else True
+    total = jax.jit(lambda w: w.sum())  # a collective across processes, as a train step has
     for step in range(hook.start_step, args["last_step"] + 1):
         state = jax_state(jax, mesh, specs, step)
         hook(step, state, metrics={"loss": args["losses"][str(step)]})
+        for _ in range(args.get("collectives", 0)):  # while an async save writes
+            total(state["w"]).block_until_ready()
     hook.close()
     mgr = hook.manager
     report(steps=mgr.all_steps(), best=mgr.best_step(), start=hook.start_step, ok=restored_ok)
