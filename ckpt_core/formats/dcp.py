@@ -9,13 +9,17 @@ step restores onto another world size, also onto one process without a process g
 and skips the rest. The payload opens with DCP alone:
 `torch.distributed.checkpoint.load(state_dict, checkpoint_id="<step>/dcp")`.
 
-Values that are not tensors (a step counter, the optimizer's param groups) are read with
-`torch.load(weights_only=True)`, never a full unpickle; a state holding something that
-cannot come back that way is refused at save.
+Nothing in a payload is fully unpickled: DCP's `.metadata` (a pickle) is read by an
+unpickler that builds DCP's own metadata classes and nothing else, and values that are not
+tensors (a step counter, the optimizer's param groups) with `torch.load(weights_only=True)`;
+a state holding something that cannot come back that way is refused at save.
 """
 
 from __future__ import annotations
 
+import io
+import math
+import pickle
 import re
 import threading
 from typing import Any
@@ -24,6 +28,7 @@ from .. import _tree
 from ..errors import CheckpointError, CorruptCheckpointError, StructureMismatchError
 from ..storage import StepWriter
 from .frameworks import framework_missing
+from .protocol import TreeEntry, TreeListing
 from .reader import StepReader
 from .snapshot import host_copy
 
@@ -120,6 +125,38 @@ class DcpFormat:
                 path=where,
             ) from e
 
+    def describe(self, reader: StepReader) -> TreeListing:
+        """Every leaf from DCP's `.metadata` (safely unpickled); no shard is read."""
+        path = reader.local_path(PAYLOAD_DIR)
+        if path is None:
+            note = "the DCP tree of a step on an object store is not read; files only"
+            return TreeListing([], "nothing", [note])
+        try:
+            metadata = _read_metadata(path)
+        except ImportError:
+            missing = framework_missing("torch", "torch", "reading a DCP tree")
+            return TreeListing([], "nothing", [str(missing)])
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:
+            raise CorruptCheckpointError(
+                f"{reader.display(PAYLOAD_DIR)}/.metadata cannot be read ({e}).",
+                path=reader.display(f"{PAYLOAD_DIR}/.metadata"),
+            ) from e
+        paths = getattr(metadata, "planner_data", None) or {}
+        entries = []
+        for fqn, meta in metadata.state_dict_metadata.items():
+            where = _tree.path_str(tuple(paths[fqn])) if fqn in paths else fqn
+            size = getattr(meta, "size", None)
+            if size is None:
+                entries.append(TreeEntry(where, "object", value="a value saved by torch.save"))
+                continue
+            dtype = meta.properties.dtype
+            shape = tuple(size)
+            nbytes = math.prod(shape) * dtype.itemsize
+            entries.append(
+                TreeEntry(where, "torch", str(dtype).removeprefix("torch."), shape, nbytes)
+            )
+        return TreeListing(entries, "DCP's .metadata")
+
 
 def _cpu_copy(leaf: Any) -> Any:
     """`host_copy` of a CPU leaf; a DTensor's local shard is copied and wrapped again."""
@@ -141,7 +178,7 @@ def _load(path: Any, like: Any, where: str) -> Any:
     dcp = _dcp()
     from torch.distributed.checkpoint._nested_dict import flatten_state_dict
 
-    storage = dcp.FileSystemReader(path)
+    storage = _reader(path)
     if like is None:
         loaded: dict[str, Any] = {}
         dcp.load(loaded, storage_reader=storage, planner=_safe_planner(everything=True))
@@ -155,6 +192,55 @@ def _load(path: Any, like: Any, where: str) -> Any:
     target = _tree.rebuild_like(like, lambda _, leaf: _empty_like(leaf))
     dcp.load(target, storage_reader=storage, planner=_safe_planner(everything=False))
     return target
+
+
+def _reader(path: Any) -> Any:
+    """DCP's FileSystemReader, reading `.metadata` with `_MetadataUnpickler`."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            metadata = _read_metadata(self.path)
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeReader(path)
+
+
+def _read_metadata(directory: Any) -> Any:
+    with open(f"{directory}/.metadata", "rb") as f:
+        return _MetadataUnpickler(io.BytesIO(f.read())).load()
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Builds DCP's metadata records and the torch/pathlib values in them; refuses any other
+    class, so a forged `.metadata` cannot run code."""
+
+    _ALLOWED = {
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+        ("torch.serialization", "_get_layout"),
+        ("torch", "Size"),
+        ("collections", "OrderedDict"),
+        ("pathlib", "PosixPath"),
+        ("pathlib", "PurePosixPath"),
+        ("pathlib", "WindowsPath"),
+        ("pathlib", "PureWindowsPath"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        import torch
+
+        if module == "torch.distributed.checkpoint.metadata" or (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(
+            f"DCP's .metadata names {module}.{name}, which is not one of DCP's metadata "
+            "classes; refusing to build it (it could run code)."
+        )
 
 
 def _check_like(wanted: dict[str, Any], saved: dict[str, Any], where: str) -> None:
@@ -210,7 +296,6 @@ def _empty_like(leaf: Any) -> Any:
 def _safe_planner(*, everything: bool) -> Any:
     """DCP's load planner, reading values that are not tensors with `weights_only=True` (DCP's
     own uses a full unpickle); `everything`: rebuild the whole saved state (no `like`)."""
-    import io
 
     import torch
     from torch.distributed.checkpoint.default_planner import (
