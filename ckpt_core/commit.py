@@ -117,9 +117,12 @@ def _write_together(fmt: Format, state: Any, writer: Any, meeting: Meeting, step
     collectives (a peer died mid-write) becomes a ProcessGroupError saying what to do."""
     try:
         fmt.write(state, writer)
-    except (KeyboardInterrupt, SystemExit, CheckpointError, TypeError, ValueError, OSError):
-        raise
-    except BaseException as e:  # gloo's RuntimeError, DCP's CheckpointException, ...
+    except BaseException as e:
+        # What collectives raise when a peer is gone: gloo's RuntimeError (torch's DistError
+        # is one), DCP's CheckpointException (named, not imported: no framework here).
+        peer_failed = isinstance(e, RuntimeError) or type(e).__name__ == "CheckpointException"
+        if isinstance(e, CheckpointError) or not peer_failed:
+            raise
         group = meeting.group
         raise ProcessGroupError(
             f"process {group.index} of {group.count} failed writing its shards of step {step} "

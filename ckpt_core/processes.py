@@ -207,7 +207,7 @@ class Meeting:
             self.group.store.set(key, json.dumps({"value": value}))
             return value
         # The primary itself may wait up to the timeout for the others first.
-        message = self._get(key, 2 * self.timeout)
+        message = self._get(key, 2 * self.timeout, what)
         if message is None:
             raise self._absent([PRIMARY], 2 * self.timeout, what, hint)
         return self._unpack(message, PRIMARY, what)
@@ -236,19 +236,26 @@ class Meeting:
         values: list[Any] = [value]
         deadline = time.monotonic() + self.timeout
         for index in range(1, group.count):
-            message = self._get(f"{topic}/{index}", max(0.0, deadline - time.monotonic()))
+            left = max(0.0, deadline - time.monotonic())
+            message = self._get(f"{topic}/{index}", left, what)
             if message is None:
                 missing = [
                     i
                     for i in range(index, group.count)
-                    if self._get(f"{topic}/{i}", _POLL_SECS) is None
+                    if self._get(f"{topic}/{i}", _POLL_SECS, what) is None
                 ]
                 raise self._absent(missing, self.timeout, what, hint)
             values.append(self._unpack(message, index, what))
         return values
 
-    def _get(self, key: str, timeout: float) -> str | None:
-        return self.group.store.get(key, timeout)
+    def _get(self, key: str, timeout: float, what: str) -> str | None:
+        try:
+            return self.group.store.get(key, timeout)
+        except ProcessGroupError as e:  # the store itself failed: say where this process was
+            group = self.group
+            raise ProcessGroupError(
+                f"process {group.index} of {group.count} lost the others {what}: {e}"
+            ) from e
 
     def _unpack(self, message: str, index: int, what: str) -> Any:
         doc = json.loads(message)

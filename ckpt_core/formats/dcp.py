@@ -17,11 +17,14 @@ a state holding something that cannot come back that way is refused at save.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import pickle
 import re
 import threading
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from .. import _tree
@@ -83,11 +86,12 @@ class DcpFormat:
         dcp = _dcp()
         _check_restorable(state)
         target = writer.local_dir() / PAYLOAD_DIR
-        dcp.save(
-            state,
-            storage_writer=dcp.FileSystemWriter(target, sync_files=True),
-            process_group=self._save_group(),
-        )
+        with _one_process_is_fine():
+            dcp.save(
+                state,
+                storage_writer=dcp.FileSystemWriter(target, sync_files=True),
+                process_group=self._save_group(),
+            )
 
     def _save_group(self) -> Any:
         """A gloo group of all ranks for DCP's own exchanges, so a background save never
@@ -174,15 +178,24 @@ def _cpu_copy(leaf: Any) -> Any:
     )
 
 
+@contextlib.contextmanager
+def _one_process_is_fine() -> Iterator[None]:
+    """Silence DCP's warning that it saves or loads in one process: that is intended here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
 def _load(path: Any, like: Any, where: str) -> Any:
     dcp = _dcp()
     from torch.distributed.checkpoint._nested_dict import flatten_state_dict
 
     storage = _reader(path)
     if like is None:
-        loaded: dict[str, Any] = {}
-        dcp.load(loaded, storage_reader=storage, planner=_safe_planner(everything=True))
-        return loaded
+        planner = _safe_planner(everything=True)
+        with _one_process_is_fine():
+            dcp.load({}, storage_reader=storage, planner=planner)
+        return planner.original_state_dict  # the whole state, rebuilt from the metadata
     if not isinstance(like, dict):
         raise TypeError(
             f"the dcp format restores into a dict (a state dict), found {_tree.describe(like)}; "
@@ -190,7 +203,8 @@ def _load(path: Any, like: Any, where: str) -> Any:
         )
     _check_like(flatten_state_dict(like)[0], storage.read_metadata().state_dict_metadata, where)
     target = _tree.rebuild_like(like, lambda _, leaf: _empty_like(leaf))
-    dcp.load(target, storage_reader=storage, planner=_safe_planner(everything=False))
+    with _one_process_is_fine():
+        dcp.load(target, storage_reader=storage, planner=_safe_planner(everything=False))
     return target
 
 
