@@ -34,7 +34,7 @@ from .options import (
     check_seconds,
     parse_size,
 )
-from .processes import DEFAULT_TIMEOUT_SECS, Meeting, ProcessGroup, detect
+from .processes import DEFAULT_TIMEOUT_SECS, Meeting, decided_by, detect
 from .retention import DEFAULT_POLICY, BestFn, RetentionPolicy, committed_bytes
 from .run import Run, StepSpec, acquire_writer_lock, as_step, short_list
 from .saver import Saver
@@ -91,16 +91,8 @@ class CheckpointManager:
             every shard unchanged since the previous committed step from it (a hard link
             locally, a server-side copy on object stores). Each step still restores on its
             own. Off by default: a damaged shared file damages every step that holds it.
-        multiprocess: None (default): this manager is part of a multi-process job when the
-            job's framework says so (`jax.distributed` initialised with more than one
-            process, or a `torch.distributed` group of world size > 1). Then every process
-            opens the manager and calls `save` with its own shards; process 0 alone takes
-            the lock, commits and prunes (see `ckpt_core.processes`). False: this process
-            alone writes, as under DDP where only rank 0 opens a manager. True: like None,
-            but a single process is an error.
-        barrier_timeout_secs: in a multi-process job, how long a process waits for the others
-            (their shards, the commit) before failing with an error naming the processes
-            that did not come.
+        multiprocess: join a jax/torch.distributed job (None: if any; False: never, as DDP's rank 0).
+        barrier_timeout_secs: how long a process of such a job waits for the others.
 
     Raises:
         CheckpointExistsError: steps exist and `on_existing="error"`.
@@ -141,9 +133,6 @@ class CheckpointManager:
         flags["incremental"] = incremental
         _check_options(save_interval_steps, save_interval_secs, on_existing, storage_options, flags)
         _check_format(format, writes=not (read_only or allow_pickle))
-        if multiprocess is not None:
-            check_bool("multiprocess", multiprocess)
-        check_seconds("barrier_timeout_secs", barrier_timeout_secs)
         signals = check_save_on_signals(save_on_signals)
         self._format = format
         self._save_interval_steps = save_interval_steps
@@ -155,43 +144,19 @@ class CheckpointManager:
         self._closed = False
         self._signals = SaveSignals(())  # none installed until the directory is open
         self.resuming = False
-        group = None if read_only or multiprocess is False else _processes(multiprocess)
-        self._meeting = (
-            None if group is None else Meeting(group, self._storage.root, barrier_timeout_secs)
-        )
-        # Clocks and signals differ between processes: then all follow the primary's decision.
-        self._agree_on_due = group is not None and (save_interval_secs is not None or signals)
-        member = group is not None and not group.is_primary  # writes its shards, nothing else
-        self._lock: Lock | None = (
-            None if read_only or member else acquire_writer_lock(self._storage)
-        )
+        meeting = _meet(self._storage, multiprocess, barrier_timeout_secs, read_only)
+        self._due_by = meeting if save_interval_secs or signals else None  # see decided_by
+        self._lock = _writer_lock(self._storage, meeting, read_only)
         self._on_drop = None if self._lock is None else _release_when_dropped(self, self._lock)
-        opening = self._meeting.topic("open") if self._meeting is not None else ""
         try:
-            if self._lock is not None:
-                self._storage.sweep()
-            if self._meeting is not None and member:  # once the primary has opened the run
-                what = f"in opening {self._storage.root}"
-                hint = "open the manager in every process of the job, in the same order."
-                self.resuming = self._meeting.share(opening, None, what=what, hint=hint)
-            self._run = Run(self._storage, policy, housekeeping=not member)
-            if read_only:
-                self._run.open_as_reader(adopt=best_fn is None)
-            elif not member:
-                self.resuming = self._run.open_as_writer(on_existing)
-            if self._meeting is not None and not member:
-                self._meeting.share(opening, self.resuming, what="", hint="")
+            self._run, self.resuming = _open_run(
+                self._storage, policy, meeting, on_existing, read_only, best_fn is None
+            )
             self._saver = Saver(
-                self._run,
-                self._mutex,
-                async_save=async_save,
-                incremental=incremental,
-                meeting=self._meeting,
+                self._run, self._mutex, meeting, async_save=async_save, incremental=incremental
             )
             self._signals = SaveSignals(signals)
-        except BaseException as e:
-            if self._meeting is not None and not member:  # the others fail with this error
-                self._meeting.fail(opening, e)
+        except BaseException:
             self._release()
             raise
         self._last_save = time.monotonic()
@@ -241,11 +206,7 @@ class CheckpointManager:
         """
         self._check_writable()
         step = as_step(step)
-        due = force or self.should_save(step)
-        if self._agree_on_due and self._meeting is not None:
-            topic, what = self._meeting.topic("due"), f"in deciding to save step {step}"
-            due = self._meeting.share(topic, due, what=what, hint="")
-        if not due:
+        if not decided_by(self._due_by, force or self.should_save(step), step):
             return False
         signals = self._signals.count  # a signal arriving during this save is owed the next one
         floats = to_float_metrics(metrics)
@@ -357,16 +318,14 @@ class CheckpointManager:
     def update_run_metadata(self, values: Mapping[str, Any]) -> None:
         """Merge `values` into the run metadata (written atomically)."""
         self._check_writable()
-        if self._run.housekeeping:  # else the job's primary process writes it
-            self._run.document.update_metadata(values)
+        self._run.document.update_metadata(values)
 
     def mark_complete(self) -> None:
         """Record that the run finished; adapters treat resuming it as a no-op."""
         self._check_writable()
         self.wait()
         with self._mutex:
-            if self._run.housekeeping:  # else the job's primary process writes it
-                self._run.document.mark_complete(self._run.latest_step())
+            self._run.document.mark_complete(self._run.latest_step())
 
     @property
     def is_complete(self) -> bool:
@@ -423,8 +382,7 @@ class CheckpointManager:
         self.wait()
         with self._mutex:
             self._run.remove_owned()
-            if self._run.housekeeping:  # else the job's primary process writes it
-                self._run.document.record_retention(self._run.policy)
+            self._run.document.record_retention(self._run.policy)
 
     # ------------------------------------------------------------------ lifetime
 
@@ -488,9 +446,15 @@ class CheckpointManager:
         return f"CheckpointManager({self._storage.root!r}, steps={short_list(self.all_steps())}, {mode})"
 
 
-def _processes(multiprocess: bool | None) -> ProcessGroup | None:
-    """The multi-process job this manager is part of (None: a single writer)."""
-    group = detect()
+def _meet(
+    storage: Storage, multiprocess: bool | None, timeout: float, read_only: bool
+) -> Meeting | None:
+    """The meetings with the other processes of a multi-process job (None: a single writer,
+    or a reader: each process reads by itself)."""
+    if multiprocess is not None:
+        check_bool("multiprocess", multiprocess)
+    check_seconds("barrier_timeout_secs", timeout)
+    group = None if read_only or multiprocess is False else detect()
     if group is None and multiprocess:
         raise CheckpointError(
             "CheckpointManager(multiprocess=True) found no multi-process job: neither "
@@ -498,7 +462,45 @@ def _processes(multiprocess: bool | None) -> ProcessGroup | None:
             "initialised group of world size > 1). HINT: initialise the framework's "
             "distributed runtime before opening the manager, or leave multiprocess=None."
         )
-    return group
+    return None if group is None else Meeting(group, storage.root, timeout)
+
+
+def _writer_lock(storage: Storage, meeting: Meeting | None, read_only: bool) -> Lock | None:
+    """The directory's lock, taken by its one writer: the primary of a multi-process job."""
+    if read_only or not (meeting is None or meeting.group.is_primary):
+        return None
+    return acquire_writer_lock(storage)
+
+
+def _open_run(
+    storage: Storage,
+    policy: RetentionPolicy,
+    meeting: Meeting | None,
+    on_existing: OnExisting,
+    read_only: bool,
+    adopt: bool,
+) -> tuple[Run, bool]:
+    """The run, opened (sweep, `on_existing`), and whether it resumes. In a multi-process job
+    the primary opens it, then the others read what it left; an error reaches them all."""
+    topic = meeting.topic("open") if meeting is not None else ""
+    if meeting is not None and not meeting.group.is_primary:
+        what, hint = f"in opening {storage.root}", "open the manager in every process alike."
+        resuming = meeting.share(topic, None, what=what, hint=hint)
+        return Run(storage, policy, housekeeping=False), resuming
+    try:
+        if not read_only:
+            storage.sweep()
+        run = Run(storage, policy)
+        if read_only:
+            run.open_as_reader(adopt=adopt)
+        resuming = False if read_only else run.open_as_writer(on_existing)
+    except BaseException as e:
+        if meeting is not None:
+            meeting.fail(topic, e)
+        raise
+    if meeting is not None:
+        meeting.share(topic, resuming, what="", hint="")
+    return run, resuming
 
 
 def _lost_lease_error(root: str) -> CheckpointLockedError:

@@ -164,6 +164,16 @@ class InMemoryStore:
             return self._values[key]
 
 
+def decided_by(meeting: Meeting | None, due: bool, step: int) -> bool:
+    """Whether to save `step`: `due` here, or as the primary of `meeting` decided. A manager
+    saving on a clock or on signals asks the primary, as clocks and signals differ between
+    processes and a save needs them all; one saving by step count decides alone."""
+    if meeting is None:
+        return due
+    topic, what = meeting.topic("due"), f"in deciding whether to save step {step}"
+    return bool(meeting.share(topic, due, what=what, hint="call save() in every process."))
+
+
 # ---------------------------------------------------------------- meeting the others
 
 _OPENED: Counter[str] = Counter()

@@ -269,7 +269,7 @@ class Run:
         self.policy = policy
         self.pointer_ranks = pointer_ranks
         self.housekeeping = housekeeping
-        self.document = RunDocument(storage)
+        self.document = RunDocument(storage, writes=housekeeping)
         self.infos: dict[int, CheckpointInfo] = {}
         self._files: dict[int, StepFiles] = {}
         self._unstated: dict[int, Manifest] = {}  # committed, files not stat'ed yet

@@ -72,8 +72,10 @@ def ranking_unknown(run_doc: dict[str, Any], run_doc_error: str | None = None) -
 class RunDocument:
     """The `run.json` of one run directory (read fresh each time: another process may write it)."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, *, writes: bool = True) -> None:
+        """`writes`: False in the processes of a multi-process job that only follow its primary."""
         self.storage = storage
+        self.writes = writes
 
     def read(self) -> dict[str, Any]:
         """`run.json`, or {} when absent or unusable."""
@@ -85,7 +87,8 @@ class RunDocument:
             raw = json.dumps(doc, indent=1).encode()
         except TypeError as e:
             raise TypeError(f"run metadata must be JSON-serialisable: {e}") from None
-        self.storage.write_small(layout.RUN_FILE, raw)
+        if self.writes:
+            self.storage.write_small(layout.RUN_FILE, raw)
 
     def update_metadata(self, values: Mapping[str, Any]) -> None:
         """Merge `values` into the run metadata of `run.json` (written atomically)."""

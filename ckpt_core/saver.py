@@ -37,10 +37,10 @@ class Saver:
         self,
         run: Run,
         mutex: threading.RLock,
+        meeting: Meeting | None = None,
         *,
         async_save: bool,
         incremental: bool,
-        meeting: Meeting | None = None,
     ) -> None:
         self._run = run
         self._meeting = meeting
