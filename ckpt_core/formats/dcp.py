@@ -159,7 +159,11 @@ class DcpFormat:
             entries.append(
                 TreeEntry(where, "torch", str(dtype).removeprefix("torch."), shape, nbytes)
             )
-        return TreeListing(entries, "DCP's .metadata")
+        ranks = {self.process_of(f) for f in reader.manifest.files if _SHARD_FILE.match(f)}
+        summary = (
+            f"{PAYLOAD_DIR}/: shards written by {len(ranks)} process(es), ranks {sorted(ranks)}"
+        )
+        return TreeListing(entries, "DCP's .metadata", summary=summary)
 
 
 def _cpu_copy(leaf: Any) -> Any:
