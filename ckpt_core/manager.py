@@ -469,7 +469,12 @@ def _writer_lock(storage: Storage, meeting: Meeting | None, read_only: bool) -> 
     """The directory's lock, taken by its one writer: the primary of a multi-process job."""
     if read_only or not (meeting is None or meeting.group.is_primary):
         return None
-    return acquire_writer_lock(storage)
+    try:
+        return acquire_writer_lock(storage)
+    except BaseException as e:
+        if meeting is not None:  # the others fail with this error, not at the timeout
+            meeting.fail(meeting.topic("open"), e)  # the topic `_open_run` would have used
+        raise
 
 
 def _open_run(

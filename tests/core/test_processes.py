@@ -106,3 +106,22 @@ def test_managers_of_simulated_processes_commit_one_step_together(tmp_path, monk
     assert sorted(p.name for p in run.iterdir()) == [
         ".lock", "best", "latest", "run.json", "step_00000002", "step_00000003",
     ]  # fmt: skip
+
+
+def test_a_second_job_on_the_directory_is_locked_out_in_every_process(tmp_path, monkeypatch):
+    store = InMemoryStore()
+    groups = [ProcessGroup(i, 2, store) for i in range(2)]
+    local = threading.local()
+    monkeypatch.setattr("ckpt_core.manager.detect", lambda: local.group)
+    run = tmp_path / "run"
+
+    def process(i: int) -> Any:
+        local.group = groups[i]
+        CheckpointManager(run, barrier_timeout_secs=5)
+
+    with CheckpointManager(run, multiprocess=False):  # the first job's writer
+        began = time.monotonic()
+        got = in_threads([lambda: process(0), lambda: process(1)])
+    assert all(isinstance(e, CheckpointLockedError) for e in got), got
+    assert "process 0 of 2 failed in opening" in str(got[1])
+    assert time.monotonic() - began < 5
