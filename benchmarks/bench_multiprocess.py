@@ -133,15 +133,18 @@ def worker(kind: str, index: int, count: int, port: int, root: Path, mb: int, re
         return path
 
     if count > 1:
+        # Alike: every save into a new directory, nothing deleted while timed (no retention).
         engine_s, ckpt_s = [], []
-        with CheckpointManager(fresh(f"{kind}-ckpt"), format=fmt, max_to_keep=1) as mgr:
+        engine_root = fresh(f"{kind}-engine")
+        with CheckpointManager(fresh(f"{kind}-ckpt"), format=fmt, max_to_keep=None) as mgr:
             for r in range(repeats + 1):  # the first of each is a warm-up
-                e = _timed(kind, f"engine{r}", lambda r=r: engine(fresh(f"{kind}-engine") / str(r)))
+                e = _timed(kind, f"engine{r}", lambda r=r: engine(engine_root / str(r)))
                 c = _timed(kind, f"ckpt{r}", lambda r=r: mgr.save(r, state, force=True))
                 if r:
                     engine_s.append(e)
                     ckpt_s.append(c)
         out.update(engine_save_s=engine_s, ckpt_save_s=ckpt_s)
+        fresh(f"{kind}-engine")  # free the disk before the async runs
     blocking = []
     with CheckpointManager(
         fresh(f"{kind}-async-{count}"), format=fmt, async_save=True, max_to_keep=1

@@ -11,6 +11,12 @@ through the framework's own key-value store (the `jax.distributed` client, torch
 store), never through device collectives, so a meeting can run on a background thread and
 gives up after a timeout instead of hanging: the error names the processes that did not
 come, the step, and what to do.
+
+A format takes part through two optional attributes (`dcp` and `orbax` have both):
+`collective = True` when its `write` is a collective call every process makes with its own
+shards (otherwise the state is taken as replicated and the primary alone writes it), and
+`process_of(name) -> int`, the process that wrote a payload file (it checksums that file;
+the primary by default). The save protocol itself is `commit.write_step`.
 """
 
 from __future__ import annotations
