@@ -72,6 +72,13 @@ def torch_stand_ins() -> dict[str, Any]:
     return {"model": torch.nn.Linear(4, 2), "val_loss": 0.25, "step": 1}
 
 
+def dcp_stand_ins() -> dict[str, Any]:
+    import torch
+
+    model = torch.nn.Linear(4, 2)
+    return {"model": model, "optim": torch.optim.Adam(model.parameters()), "loss": 0.5}
+
+
 def lightning_stand_ins() -> dict[str, Any]:
     import torch
     from lightning.pytorch import LightningDataModule, LightningModule
@@ -175,6 +182,7 @@ STAND_INS: list[tuple[str, Callable[[], dict[str, Any]]]] = [
     ("Net()", torch_net_stand_ins),
     ("async_save=True", async_stand_ins),
     ("model.state_dict()", torch_stand_ins),
+    ("get_state_dict(model, optim)", dcp_stand_ins),
     ("", numpy_stand_ins),
 ]
 
