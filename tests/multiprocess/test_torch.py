@@ -109,7 +109,7 @@ def test_async_saves_from_two_processes(tmp_path, ckpt):
 
 
 @pytest.mark.slow
-def test_the_same_protocol_on_s3(s3_run, s3_server):
+def test_the_same_protocol_on_s3(s3_run, s3_server, ckpt):
     """Each process stages its shards on its own disk and uploads them; the primary's
     manifest, written last, commits the step."""
     endpoint = {"endpoint": s3_server.endpoint}
@@ -126,3 +126,5 @@ def test_the_same_protocol_on_s3(s3_run, s3_server):
     }
     one = succeeded(launch("torch_restore", s3_run.url, processes=1, env=env, **endpoint))[0]
     assert one["fingerprint"]["model/0.weight"] == saved[0]["fingerprint"]["model/0.weight"]
+    assert ckpt("verify", s3_run.url, env=env)["intact"]
+    assert [s["step"] for s in ckpt("ls", s3_run.url, env=env)["runs"][0]["steps"]] == [2]
