@@ -108,7 +108,8 @@ def write_step(
 _RESTART = (
     "nothing of this step was committed and earlier steps are intact; restart the job (with "
     "on_existing='resume' it continues from the newest committed step). Every process must "
-    "call save() with the same step; raise barrier_timeout_secs if writing a shard takes longer."
+    "call save() with the same step (where one process alone saves, as under DDP, open its "
+    "manager with multiprocess=False); raise barrier_timeout_secs if a shard takes longer."
 )
 
 
