@@ -47,3 +47,21 @@ def test_async_saves_while_the_loop_runs_collectives(tmp_path):
     assert saved[0]["steps"] == saved[1]["steps"] == [4, 5]
     one = succeeded(launch("jax_restore", run, processes=1))[0]
     assert one["step"] == 5 and one["ok"]
+
+
+@pytest.mark.slow
+def test_a_process_killed_mid_save_fails_the_other_and_the_relaunch_resumes(tmp_path):
+    run = tmp_path / "run"
+    losses = {str(step): 1.0 for step in range(4)}
+    died = launch(
+        "jax_save", run, last_step=2, losses=losses, kill_rank_at=[1, 2], barrier_timeout_secs=5
+    )
+    assert died[1].returncode == -9
+    survivor = died[0].result
+    assert survivor["type"] == "ProcessGroupError" and "process 1 of 2" in survivor["error"]
+    assert "step 2" in survivor["error"] and survivor["seconds"] < 60
+    assert not (run / "step_00000002").exists()
+    assert not [p for p in run.iterdir() if p.name.startswith(".tmp-")]
+
+    resumed = succeeded(launch("jax_save", run, last_step=3, losses=losses))
+    assert all(r["start"] == 2 and r["ok"] and r["steps"] == [0, 1, 2, 3] for r in resumed)

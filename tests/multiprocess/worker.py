@@ -246,18 +246,43 @@ def jax_save(index: int, count: int, port: int, directory: str, args: dict[str, 
 
     mesh = Mesh(np.array(jax.devices()), ("x",))
     specs = {"w": P("x"), "b": P()}
+    if args.get("kill_rank_at") is not None:  # (rank, step): that process dies in that save
+        _die_after_orbax_write(index, *args["kill_rank_at"])
+    if "barrier_timeout_secs" in args:  # CkptHook takes the manager's default: change it
+        from ckpt_core import CheckpointManager
+
+        defaults = CheckpointManager.__init__.__kwdefaults__
+        defaults["barrier_timeout_secs"] = args["barrier_timeout_secs"]
     hook = CkptHook(directory, resume=True, **args.get("options", {}))
     state = hook.restore_or(jax_state(jax, mesh, specs, 0))
     restored_ok = jax_check(state, hook.start_step - 1) if hook.start_step > 0 else True
     total = jax.jit(lambda w: w.sum())  # a collective across processes, as a train step has
-    for step in range(hook.start_step, args["last_step"] + 1):
-        state = jax_state(jax, mesh, specs, step)
-        hook(step, state, metrics={"loss": args["losses"][str(step)]})
-        for _ in range(args.get("collectives", 0)):  # while an async save writes
-            total(state["w"]).block_until_ready()
-    hook.close()
+    began = time.monotonic()
+    try:
+        for step in range(hook.start_step, args["last_step"] + 1):
+            state = jax_state(jax, mesh, specs, step)
+            hook(step, state, metrics={"loss": args["losses"][str(step)]})
+            for _ in range(args.get("collectives", 0)):  # while an async save writes
+                total(state["w"]).block_until_ready()
+        hook.close()
+    except Exception as e:
+        report(error=str(e), type=type(e).__name__, seconds=time.monotonic() - began)
+        os._exit(0)
     mgr = hook.manager
     report(steps=mgr.all_steps(), best=mgr.best_step(), start=hook.start_step, ok=restored_ok)
+
+
+def _die_after_orbax_write(index: int, rank: int, step: int) -> None:
+    from ckpt_core.formats import orbax
+
+    write = orbax.OrbaxFormat.write
+
+    def write_and_die(self: Any, state: Any, writer: Any) -> None:
+        write(self, state, writer)
+        if index == rank and int(state["step"]) == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    orbax.OrbaxFormat.write = write_and_die  # type: ignore[method-assign]
 
 
 def jax_restore(index: int, count: int, port: int, directory: str, args: dict[str, Any]) -> None:
