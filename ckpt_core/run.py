@@ -460,7 +460,9 @@ class Run:
         """Delete the steps `policy` (default: the run's own) does not keep; repair pointers.
 
         A step is forgotten before it is deleted: a failed delete leaves a complete step on
-        disk, which the next open finds again; never a listed step that is gone.
+        disk, which the next open finds again; never a listed step that is gone. The pointers
+        follow the run's own policy, not `policy`: a one-off policy (`ckpt prune --metric acc`)
+        decides what is deleted, never what the run calls best.
 
         Returns:
             The deleted steps, ascending.
@@ -469,7 +471,7 @@ class Run:
         for step in doomed:
             self._forget(step)
             self.storage.delete_step(layout.step_dirname(step))
-        self.refresh_pointers(policy)
+        self.refresh_pointers()
         return doomed
 
     def refresh_pointers(self, policy: RetentionPolicy | None = None) -> None:

@@ -424,8 +424,13 @@ def test_prune_applies_the_core_policy(mlp: Path) -> None:
         mgr.verify(9)
     # pruning by hand does not change the run's own retention record
     assert json.loads((mlp / layout.RUN_FILE).read_text())["retention"] == recorded
-    # the run's best pointer named a deleted step: it now names the best remaining one
-    assert (mlp / layout.BEST_POINTER).read_text().strip() == layout.step_dirname(10)
+    # the run's best pointer named a deleted step (6): it now names the best remaining one by
+    # the run's own val_loss (4), not by the prune's one-off acc ranking (10)
+    assert (mlp / layout.BEST_POINTER).read_text().strip() == layout.step_dirname(4)
+    with CheckpointManager(mlp, read_only=True) as mgr:
+        assert mgr.best_step() == 4
+    assert ckpt("best", mlp).stdout.strip() == str(mlp / layout.step_dirname(4))
+    assert [r["step"] for r in ckpt_json("ls", mlp)["runs"][0]["steps"] if r["best"]] == [4]
     assert not any(name.startswith(".tmp-") for name in os.listdir(mlp))
 
 
