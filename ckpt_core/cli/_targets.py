@@ -59,6 +59,13 @@ def _runs_and_checkpoints(
     )
 
 
+def _no_step_for_a_single_checkpoint(directory: str) -> BadInput:
+    return BadInput(
+        f"{directory} is a single checkpoint (it holds {layout.MANIFEST}); drop STEP, or pass "
+        "the run directory that holds it"
+    )
+
+
 def _single_checkpoint(directory: str) -> tuple[Storage, str] | None:
     """For a local directory holding a manifest itself (a `save_checkpoint` directory or a
     run's step directory): the storage of its parent and its name; else None."""

@@ -34,6 +34,7 @@ from ._output import (
 )
 from ._targets import (
     _is_url,
+    _no_step_for_a_single_checkpoint,
     _parse_step,
     _refuse_mode_without_metric,
     _resolve_step,
@@ -184,10 +185,7 @@ def _show_target(args: argparse.Namespace) -> tuple[Storage, str, Manifest, bool
     if single is not None:
         # A step directory (or a `save_checkpoint` directory) given directly.
         if wanted is not None:
-            raise BadInput(
-                f"{directory} is a single checkpoint (it holds {layout.MANIFEST}); drop STEP, "
-                "or pass the run directory that holds it"
-            )
+            raise _no_step_for_a_single_checkpoint(directory)
         storage, name = single
         return (
             storage,

@@ -15,8 +15,9 @@ from ..listing import scan_run
 from ..options import human_bytes
 from ..run import open_directory, read_manifest
 from ..storage import Storage
-from ._output import EXIT_DAMAGED, EXIT_OK, BadInput, Output, _plural, _print_json
+from ._output import EXIT_DAMAGED, EXIT_OK, Output, _plural, _print_json
 from ._targets import (
+    _no_step_for_a_single_checkpoint,
     _parse_step,
     _resolve_step,
     _runs_and_checkpoints,
@@ -75,10 +76,7 @@ def cmd_verify(args: argparse.Namespace, out: Output) -> int:
     if _single_checkpoint(args.directory) is not None:
         # A `save_checkpoint` directory, or one step directory of a run, given directly.
         if wanted is not None:
-            raise BadInput(
-                f"{args.directory} is a single checkpoint (it holds {layout.MANIFEST}); drop "
-                "STEP, or pass the run directory that holds it"
-            )
+            raise _no_step_for_a_single_checkpoint(args.directory)
         names, checkpoints = [], [args.directory]
     elif wanted is not None:
         _single_run(args.directory, "verify")
