@@ -218,12 +218,24 @@ def find_runs(directory: str | os.PathLike[str]) -> list[str]:
     Raises:
         FileNotFoundError, NotADirectoryError: `directory` is not a directory.
     """
+    return find_runs_and_checkpoints(directory)[0]
+
+
+def find_runs_and_checkpoints(directory: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+    """`(runs, checkpoints)` at or below a local `directory`: the runs `find_runs` finds, and
+    the single checkpoints (a directory holding a manifest itself, as `save_checkpoint` without
+    `step=` writes) that are not a run's steps. Neither kind is entered.
+
+    Raises:
+        FileNotFoundError, NotADirectoryError: `directory` is not a directory.
+    """
     root = Path(directory)
     if not root.is_dir():
         if root.exists():
             raise NotADirectoryError(f"{directory} is a file, not a checkpoint directory")
         raise FileNotFoundError(f"{directory} does not exist")
     runs: list[str] = []
+    checkpoints: list[str] = []
 
     def walk(d: Path, depth: int) -> None:
         try:
@@ -244,10 +256,13 @@ def find_runs(directory: str | os.PathLike[str]) -> list[str]:
                         subdirs.append(e.name)
                 except OSError:
                     pass
+        if not is_run and any(e.name == layout.MANIFEST for e in entries):
+            checkpoints.append(str(d))  # a payload holds no runs: never entered
+            return
         if is_run:
             runs.append(str(d))
         for name in sorted(subdirs, key=_natural_key):
             walk(d / name, depth + 1)
 
     walk(root, 0)
-    return runs
+    return runs, checkpoints

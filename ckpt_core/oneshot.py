@@ -21,6 +21,7 @@ from .errors import (
     CorruptCheckpointError,
 )
 from .formats import Format, StepReader, get_format, resolve_format
+from .listing import find_runs_and_checkpoints
 from .manager import CheckpointManager
 from .manifest import Manifest, check_metadata, to_float_metrics
 from .options import check_bool, describe
@@ -106,6 +107,13 @@ def _target(
                 f"{pointer[0]!r} with step=, or the pointer alone."
             )
         return pointer[0], pointer[1], True
+    text = os.fspath(path)
+    if who != "save_checkpoint" and "://" not in text and os.path.isfile(text):
+        raise NotADirectoryError(
+            f"{who} got {text!r}, a file, not a checkpoint directory (nothing is created on "
+            "a read). HINT: pass the directory save_checkpoint or a manager wrote, a run "
+            "directory, or its latest/best pointer."
+        )
     kind = _kind(path)
     if kind == "checkpoint" and step is not None:
         raise ValueError(
@@ -234,11 +242,33 @@ def _manifest(storage: Storage, name: str) -> Manifest:
     try:
         raw = storage.read_bytes(f"{name}/{layout.MANIFEST}")
     except (FileNotFoundError, NotADirectoryError):
-        raise CheckpointNotFoundError(
-            f"no checkpoint at {storage.join(name)}: {layout.MANIFEST} is missing (a save that "
-            "never committed leaves none)."
-        ) from None
+        raise CheckpointNotFoundError(_no_checkpoint_message(storage, name)) from None
     return Manifest.from_json(raw, where)
+
+
+def _no_checkpoint_message(storage: Storage, name: str) -> str:
+    """Why the directory `name` is no checkpoint: missing, a parent of runs, or no manifest."""
+    directory = storage.join(name)
+    if not storage.exists(name):
+        return (
+            f"no checkpoint at {directory}: the directory does not exist. HINT: check the path "
+            "for a typo (load_checkpoint reads what save_checkpoint or a manager wrote)."
+        )
+    local = storage.local_path(name)
+    runs, checkpoints = find_runs_and_checkpoints(local) if local is not None else ([], [])
+    below = [os.path.relpath(p, local) for p in runs + checkpoints]
+    if local is not None and below:
+        listed = ", ".join(below[:5]) + (f" and {len(below) - 5} more" if len(below) > 5 else "")
+        return (
+            f"no checkpoint at {directory}: it holds no steps itself, but these runs or "
+            f"checkpoints below it: {listed}. HINT: pass one of them, e.g. "
+            f"load_checkpoint({os.path.join(os.fspath(local), below[0])!r})."
+        )
+    return (
+        f"no checkpoint at {directory}: {layout.MANIFEST} is missing (a save that never "
+        "committed leaves none). HINT: pass the directory save_checkpoint wrote, a run "
+        "directory or run/best."
+    )
 
 
 def load_checkpoint(

@@ -468,7 +468,9 @@ class Run:
         """Delete the steps `policy` (default: the run's own) does not keep; repair pointers.
 
         A step is forgotten before it is deleted: a failed delete leaves a complete step on
-        disk, which the next open finds again; never a listed step that is gone.
+        disk, which the next open finds again; never a listed step that is gone. The pointers
+        follow the run's own policy, not `policy`: a one-off policy (`ckpt prune --metric acc`)
+        decides what is deleted, never what the run calls best.
 
         Returns:
             The deleted steps, ascending.
@@ -478,21 +480,21 @@ class Run:
             self._forget(step)
             if self.housekeeping:
                 self.storage.delete_step(layout.step_dirname(step))
-        self.refresh_pointers(policy)
+        self.refresh_pointers()
         return doomed
 
-    def refresh_pointers(self, policy: RetentionPolicy | None = None) -> None:
-        """Keep the `latest` and `best` pointer files current (for people and tools).
+    def refresh_pointers(self) -> None:
+        """Keep the `latest` and `best` pointer files current (for people and tools), by the
+        run's own policy.
 
         Without a `best_fn` the `best` pointer cannot be derived: it is left as a writer
         that ranked left it, and removed only when it names a step that is gone.
         """
         if not self.housekeeping:
             return
-        policy = policy or self.policy
         targets = {layout.LATEST_POINTER: self.latest_step()}
-        if policy.best_fn is not None:
-            targets[layout.BEST_POINTER] = best_step(policy, list(self.infos.values()))
+        if self.policy.best_fn is not None:
+            targets[layout.BEST_POINTER] = best_step(self.policy, list(self.infos.values()))
         elif read_pointer(self.storage, layout.BEST_POINTER) not in self.infos and (
             self.storage.exists(layout.BEST_POINTER)
         ):

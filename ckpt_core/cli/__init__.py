@@ -4,7 +4,7 @@
     ckpt show DIR [STEP]        a step's manifest and its tree of arrays (no array loaded);
                                 --depth N and --path PREFIX|GLOB keep a big tree short
     ckpt verify DIR [STEP]      sizes and checksums of every file; exit status 1 on damage
-    ckpt prune DIR --max-to-keep N|all --keep-period P|none ... [--dry-run]
+    ckpt prune DIR [--max-to-keep N|all] [--keep-period P|none] ... [--dry-run]
     ckpt best DIR [--metric NAME --mode min|max]   what to load: torch steps' state.pt, else
                                 the step directory; never a step that fails its checksums
 

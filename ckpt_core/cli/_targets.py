@@ -6,7 +6,7 @@ import argparse
 import os
 
 from .. import layout
-from ..listing import MAX_RUN_DEPTH, RunListing, find_runs
+from ..listing import MAX_RUN_DEPTH, RunListing, find_runs_and_checkpoints
 from ..run import open_directory
 from ..storage import Storage
 from ._arguments import _retention
@@ -19,32 +19,61 @@ def _is_url(directory: str) -> bool:
 
 def _runs(directory: str) -> list[str]:
     """Every run at or below `directory` (URLs: the directory itself)."""
+    runs, _ = _runs_and_checkpoints(directory, single_checkpoints=False)
+    return runs
+
+
+def _runs_and_checkpoints(
+    directory: str, *, single_checkpoints: bool = True
+) -> tuple[list[str], list[str]]:
+    """`(runs, single checkpoints)` at or below `directory` (URLs: the directory, as a run);
+    bad input when there is nothing to act on (with `single_checkpoints`, runs or checkpoints).
+    """
     if _is_url(directory):
-        return [directory]
+        return [directory], []
     path = directory.removeprefix("file://")
     try:
-        runs = find_runs(path)
+        runs, checkpoints = find_runs_and_checkpoints(path)
     except FileNotFoundError:
         raise BadInput(f"{directory} does not exist") from None
     except NotADirectoryError:
         if os.path.basename(path) == layout.MANIFEST:
             raise BadInput(
                 f"{directory} is a manifest file; HINT: pass the run directory (or its step "
-                "directory to `ckpt show`)"
+                "directory to `ckpt show` or `ckpt verify`)"
             ) from None
         raise BadInput(f"{directory} is a file, not a checkpoint directory") from None
-    if not runs:
-        if os.path.isfile(os.path.join(path, layout.MANIFEST)):
-            raise BadInput(
-                f"{directory} is a single checkpoint step, not a run. HINT: `ckpt show "
-                f"{directory}`, or `ckpt ls {os.path.dirname(path.rstrip('/')) or '.'}`"
-            )
+    itself = [os.path.normpath(path)] == [os.path.normpath(c) for c in checkpoints]
+    if runs or (single_checkpoints and checkpoints and not itself):
+        return runs, checkpoints
+    if os.path.isfile(os.path.join(path, layout.MANIFEST)):
         raise BadInput(
-            f"{directory} is not a checkpoint directory: no step_* entries in it or in its "
-            f"subdirectories (searched {_depth_note()}). HINT: pass the directory given to "
-            "CheckpointManager (or the adapter's dirpath)."
+            f"{directory} is a single checkpoint step, not a run. HINT: `ckpt show "
+            f"{directory}` or `ckpt verify {directory}`, or `ckpt ls "
+            f"{os.path.dirname(path.rstrip('/')) or '.'}`"
         )
-    return runs
+    raise BadInput(
+        f"{directory} is not a checkpoint directory: no step_* entries in it or in its "
+        f"subdirectories (searched {_depth_note()}). HINT: pass the directory given to "
+        "CheckpointManager (or the adapter's dirpath)."
+    )
+
+
+def _no_step_for_a_single_checkpoint(directory: str) -> BadInput:
+    return BadInput(
+        f"{directory} is a single checkpoint (it holds {layout.MANIFEST}); drop STEP, or pass "
+        "the run directory that holds it"
+    )
+
+
+def _single_checkpoint(directory: str) -> tuple[Storage, str] | None:
+    """For a local directory holding a manifest itself (a `save_checkpoint` directory or a
+    run's step directory): the storage of its parent and its name; else None."""
+    local = None if _is_url(directory) else directory.removeprefix("file://")
+    if local is None or not os.path.isfile(os.path.join(local, layout.MANIFEST)):
+        return None
+    parent, name = os.path.split(os.path.abspath(local))
+    return open_directory(parent), name
 
 
 def _depth_note() -> str:
@@ -110,3 +139,13 @@ def _no_best_message(listing: RunListing, metric: str | None) -> str:
         f"{listing.directory} has no best pointer (its run had no best_fn, or no step was "
         "ranked). HINT: rank by a metric: --metric val_loss [--mode max]"
     )
+
+
+def _refuse_mode_without_metric(args: argparse.Namespace, command: str, step: str = "") -> None:
+    """`--mode` orders the `--metric` given beside it; alone it would be silently ignored."""
+    if args.mode is not None and args.metric is None:
+        raise BadInput(
+            f"--mode {args.mode} needs --metric NAME (the run's own best keeps its recorded "
+            f"mode). HINT: `ckpt {command} {args.directory}{step} --metric NAME --mode "
+            f"{args.mode}`, or drop --mode"
+        )

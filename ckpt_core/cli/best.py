@@ -21,11 +21,12 @@ from ._output import (
     _run_doc_warning,
     _warn,
 )
-from ._targets import _no_best_message, _single_run
+from ._targets import _no_best_message, _refuse_mode_without_metric, _single_run
 from .verify import verify_step
 
 
 def cmd_best(args: argparse.Namespace, out: Output) -> int:
+    _refuse_mode_without_metric(args, "best")
     storage = _single_run(args.directory, "best")
     listing = scan_run(storage)
     if listing.run_doc_error:

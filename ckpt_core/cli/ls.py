@@ -7,10 +7,11 @@ import os
 import time
 from typing import Any
 
+from ..errors import CorruptCheckpointError
 from ..listing import RunListing, scan_run
 from ..options import human_bytes
 from ..retention import OVER_BUDGET, RetentionPolicy, committed_bytes
-from ..run import open_directory
+from ..run import open_directory, read_manifest
 from ._arguments import Retention, _retention
 from ._output import (
     EXIT_OK,
@@ -22,18 +23,20 @@ from ._output import (
     _when,
     plain_widths,
 )
-from ._targets import _is_url, _runs
+from ._targets import _is_url, _runs_and_checkpoints
 
 
 def cmd_ls(args: argparse.Namespace, out: Output) -> int:
     runs: list[str] = []
+    checkpoints: list[str] = []
     for directory in args.directories:
-        found = _runs(directory)
+        found, found_checkpoints = _runs_and_checkpoints(directory)
         if _is_url(directory) and not _has_entries(found[0]):
             raise BadInput(f"{directory} holds no checkpoint steps")
         # `ckpt ls runs runs/a`: a run named twice is listed once
-        seen = {os.path.normpath(r) for r in runs}
+        seen = {os.path.normpath(r) for r in runs + checkpoints}
         runs += [r for r in found if os.path.normpath(r) not in seen]
+        checkpoints += [c for c in found_checkpoints if os.path.normpath(c) not in seen]
     listings = [scan_run(open_directory(run)) for run in runs]
     now = time.time()
     docs = []
@@ -44,13 +47,52 @@ def cmd_ls(args: argparse.Namespace, out: Output) -> int:
         head: dict[str, Any] = {"directories": list(args.directories)}
         if len(args.directories) == 1:
             head["directory"] = args.directories[0]
-        _print_json({**head, "runs": docs})
+        singles = [_checkpoint_doc(c) for c in checkpoints]
+        _print_json({**head, "runs": docs, "checkpoints": singles})
         return EXIT_OK
     for i, (run, listing, doc) in enumerate(zip(runs, listings, docs)):
         if i:
             out.line()
         _render_run(out, run, listing, doc, now)
+    if checkpoints and runs:
+        out.line()
+    for checkpoint in checkpoints:
+        _render_checkpoint(out, checkpoint, _checkpoint_doc(checkpoint), now)
     return EXIT_OK
+
+
+def _checkpoint_doc(checkpoint: str) -> dict[str, Any]:
+    """A single checkpoint (`save_checkpoint` without `step=`), read from its manifest only."""
+    parent, name = os.path.split(os.path.abspath(checkpoint.removeprefix("file://")))
+    storage = open_directory(parent)
+    doc: dict[str, Any] = {"path": storage.join(name), "error": None}
+    try:
+        manifest = read_manifest(storage, name)
+    except CorruptCheckpointError as e:
+        return {**doc, "error": str(e).split(" HINT")[0]}
+    return {
+        **doc,
+        "step": manifest.step,
+        "time": manifest.time,
+        "bytes": manifest.nbytes,
+        "format": manifest.format,
+        "metrics": dict(manifest.metrics),
+    }
+
+
+def _render_checkpoint(out: Output, checkpoint: str, doc: dict[str, Any], now: float) -> None:
+    """One line of `ckpt ls` for a single checkpoint: what it is and how to look inside."""
+    if doc["error"] is not None:
+        out.line(f"{checkpoint}  ·  INVALID single checkpoint: {doc['error']}", style="red")
+        return
+    saved, ago = _when(doc["time"], now)
+    metrics = ", ".join(_metric_items(doc["metrics"], None)) if doc["metrics"] else ""
+    out.line(
+        f"{checkpoint}  ·  a single checkpoint (save_checkpoint), not a run  ·  "
+        f"{human_bytes(doc['bytes'])}, {doc['format']}, saved {saved} ({ago} ago)"
+        + (f"  ·  {metrics}" if metrics else ""),
+        style="bold",
+    )
 
 
 def _has_entries(url: str) -> bool:

@@ -17,7 +17,7 @@ from ..inspect import list_tree
 from ..listing import scan_run
 from ..manifest import CHECKSUM, Manifest
 from ..options import human_bytes
-from ..run import open_directory, read_manifest
+from ..run import open_directory, read_manifest, read_pointer
 from ..storage import Storage
 from ._output import (
     EXIT_DAMAGED,
@@ -32,7 +32,15 @@ from ._output import (
     _warn,
     _when,
 )
-from ._targets import _is_url, _parse_step, _resolve_step, _single_run
+from ._targets import (
+    _is_url,
+    _no_step_for_a_single_checkpoint,
+    _parse_step,
+    _refuse_mode_without_metric,
+    _resolve_step,
+    _single_checkpoint,
+    _single_run,
+)
 
 
 def cmd_show(args: argparse.Namespace, out: Output) -> int:
@@ -161,16 +169,24 @@ def _show_target(args: argparse.Namespace) -> tuple[Storage, str, Manifest, bool
     """(storage of the run, step directory name, manifest, whether it is a managed run)."""
     directory = args.directory.rstrip("/") or "/"
     wanted = _parse_step(args.step)
+    if wanted != "best" and (args.metric is not None or args.mode is not None):
+        given = "--metric" if args.metric is not None else "--mode"
+        raise BadInput(
+            f"{given} ranks steps only for STEP 'best' (got STEP {args.step or 'latest'!r}). "
+            f"HINT: `ckpt show {directory} best {given} ...`, or drop {given}"
+        )
+    _refuse_mode_without_metric(args, "show", " best")
     local = None if _is_url(directory) else directory.removeprefix("file://")
-    if local is not None and os.path.isfile(os.path.join(local, layout.MANIFEST)):
+    if local is not None and os.path.isfile(local):
+        # `ckpt show $(ckpt best DIR)`: a payload file; `ckpt show run/latest`: a pointer file.
+        directory, wanted = _step_of_file(local, wanted)
+        local = directory
+    single = _single_checkpoint(directory)
+    if single is not None:
         # A step directory (or a `save_checkpoint` directory) given directly.
         if wanted is not None:
-            raise BadInput(
-                f"{directory} is a single checkpoint (it holds {layout.MANIFEST}); drop STEP, "
-                "or pass the run directory that holds it"
-            )
-        parent, name = os.path.split(os.path.abspath(local))
-        storage = open_directory(parent)
+            raise _no_step_for_a_single_checkpoint(directory)
+        storage, name = single
         return (
             storage,
             name,
@@ -184,11 +200,72 @@ def _show_target(args: argparse.Namespace) -> tuple[Storage, str, Manifest, bool
     return storage, name, _manifest_or_bad_input(storage, name), True
 
 
+def _step_of_file(path: str, wanted: int | str | None) -> tuple[str, int | str | None]:
+    """The directory and STEP a file names: a run's `latest`/`best` pointer names a step of its
+    run; a file inside a checkpoint (`.../step_X/state.pt`) names that checkpoint."""
+    parent, name = os.path.split(os.path.abspath(path))
+    if name in (layout.LATEST_POINTER, layout.BEST_POINTER) and _runs_here(parent):
+        if wanted is not None:
+            raise BadInput(
+                f"{path} is the run's {name!r} pointer, which picks the step itself; drop STEP, "
+                f"or pass the run directory {parent}"
+            )
+        step = read_pointer(open_directory(parent), name)
+        if step is None:
+            raise BadInput(f"{path} names no step of {parent}: it holds no step_* name")
+        return os.path.join(parent, layout.step_dirname(step)), None
+    here = parent
+    while True:
+        if os.path.isfile(os.path.join(here, layout.MANIFEST)):
+            return here, wanted
+        up = os.path.dirname(here)
+        if up == here:
+            break
+        here = up
+    raise BadInput(
+        f"{path} is a file, neither in a checkpoint directory (no {layout.MANIFEST} beside or "
+        "above it) nor a run's latest/best pointer. HINT: pass a run directory or a step "
+        "directory"
+    )
+
+
+def _runs_here(directory: str) -> bool:
+    return any(layout.parse_step(n) is not None for n in os.listdir(directory))
+
+
 def _manifest_or_bad_input(storage: Storage, name: str) -> Manifest:
     try:
         return read_manifest(storage, name)
     except CorruptCheckpointError as e:
         raise BadInput(str(e).split(" HINT")[0]) from None
+
+
+METADATA_VALUE_CHARS = 40  # a longer metadata value is shown by its size; `--json` has it all
+
+
+def _metadata_text(metadata: Any) -> str:
+    """Metadata on one short line: each top-level key with its value, a long value (e.g. the
+    hex of an RNG state) as its size; `ckpt show --json` prints every value in full."""
+    shortened = []
+
+    def short(value: Any) -> str:
+        text = json.dumps(_json_safe(value))
+        if len(text) <= METADATA_VALUE_CHARS:
+            return text
+        shortened.append(text)
+        if isinstance(value, dict):
+            keys = ", ".join(map(str, value))
+            keys = (
+                keys if len(keys) <= METADATA_VALUE_CHARS else keys[:METADATA_VALUE_CHARS] + "..."
+            )
+            return f"{{{keys}}} <{len(text)} chars>"
+        return f"{text[:12]}... <{len(text)} chars>"
+
+    if isinstance(metadata, dict) and metadata:
+        text = "  ".join(f"{k}={short(v)}" for k, v in metadata.items())
+    else:
+        text = short(metadata)
+    return text + ("  (full values: --json)" if shortened else "")
 
 
 def _render_show(out: Output, doc: dict[str, Any]) -> None:
@@ -201,7 +278,7 @@ def _render_show(out: Output, doc: dict[str, Any]) -> None:
         ("saved", f"{saved} ({ago} ago)"),
         ("size", f"{human_bytes(doc['bytes'])} in {_plural(len(doc['files']), 'file')}"),
         ("metrics", _metrics_text(doc["metrics"])),
-        ("metadata", json.dumps(_json_safe(doc["metadata"]))),
+        *([("metadata", _metadata_text(doc["metadata"]))] if doc["metadata"] is not None else []),
         ("versions", ", ".join(f"{k} {v}" for k, v in doc["versions"].items()) or "-"),
     ]
     for key, value in fields:
@@ -224,7 +301,8 @@ def _render_show(out: Output, doc: dict[str, Any]) -> None:
     if tree["leaves"] != len(entries) or any(e["kind"] == "subtree" for e in entries):
         wanted = [f"under {tree['filter']['path']!r}"] if tree["filter"]["path"] else []
         if tree["filter"]["depth"] is not None:
-            wanted.append(f"{tree['filter']['depth']} levels deep, deeper ones folded per subtree")
+            depth = _plural(tree["filter"]["depth"], "level")
+            wanted.append(f"{depth} deep, deeper ones folded per subtree")
         shown = [e for e in entries if e["kind"] != "subtree"]
         out.line(
             f"tree  ·  {len(shown)} of {tree['leaves']} leaves shown ({'; '.join(wanted)})  ·  "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,14 @@ from ..options import human_bytes
 from ..run import open_directory, read_manifest
 from ..storage import Storage
 from ._output import EXIT_DAMAGED, EXIT_OK, Output, _plural, _print_json
-from ._targets import _parse_step, _resolve_step, _runs, _single_run
+from ._targets import (
+    _no_step_for_a_single_checkpoint,
+    _parse_step,
+    _resolve_step,
+    _runs_and_checkpoints,
+    _single_checkpoint,
+    _single_run,
+)
 
 
 @dataclass
@@ -29,11 +37,17 @@ class StepCheck:
 
 def verify_step(storage: Storage, info: CheckpointInfo) -> StepCheck:
     """Check every file of one committed step, naming each damaged file (not only the first)."""
-    name = layout.step_dirname(info.step)
+    return verify_directory(storage, layout.step_dirname(info.step), info.step)
+
+
+def verify_directory(storage: Storage, name: str, step: int | None = None) -> StepCheck:
+    """Check every file of the checkpoint directory `name` (a run's step, or a single
+    checkpoint); `step`: the step it should be (None: the one its manifest records, else 0)."""
     try:
         manifest = read_manifest(storage, name)
     except CorruptCheckpointError as e:
-        return StepCheck(info.step, "invalid", damaged=((e.path or name, str(e)),))
+        return StepCheck(step or 0, "invalid", damaged=((e.path or name, str(e)),))
+    step = manifest.step if step is None else step
     reader = StepReader(storage, name, manifest)
     damaged = []
     for file in sorted(manifest.files):
@@ -44,7 +58,7 @@ def verify_step(storage: Storage, info: CheckpointInfo) -> StepCheck:
         except OSError as e:
             damaged.append((reader.display(file), f"{reader.display(file)} is unreadable: {e}"))
     status = "damaged" if damaged else "ok"
-    return StepCheck(info.step, status, len(manifest.files), manifest.nbytes, tuple(damaged))
+    return StepCheck(step, status, len(manifest.files), manifest.nbytes, tuple(damaged))
 
 
 def _invalid_check(storage: Storage, name: str, step: int | None) -> StepCheck:
@@ -59,13 +73,17 @@ def _invalid_check(storage: Storage, name: str, step: int | None) -> StepCheck:
 
 def cmd_verify(args: argparse.Namespace, out: Output) -> int:
     wanted = _parse_step(args.step)
-    if wanted is not None:
+    if _single_checkpoint(args.directory) is not None:
+        # A `save_checkpoint` directory, or one step directory of a run, given directly.
+        if wanted is not None:
+            raise _no_step_for_a_single_checkpoint(args.directory)
+        names, checkpoints = [], [args.directory]
+    elif wanted is not None:
         _single_run(args.directory, "verify")
-        names = [args.directory]
+        names, checkpoints = [args.directory], []
     else:
-        names = _runs(args.directory)
+        names, checkpoints = _runs_and_checkpoints(args.directory)
     docs = []
-    intact = True
     for run in names:
         storage = open_directory(run)
         listing = scan_run(storage)
@@ -80,26 +98,16 @@ def cmd_verify(args: argparse.Namespace, out: Output) -> int:
         checks = [verify_step(storage, i) for i in infos]
         checks += [_invalid_check(storage, o.name, o.step) for o in invalid]
         checks.sort(key=lambda c: c.step)
-        intact &= all(c.status == "ok" for c in checks)
+        quarantined = [o.name for o in listing.others if o.kind == "quarantined"]
         docs.append(
-            {
-                "directory": storage.root,
-                "run": run,
-                "steps": [
-                    {
-                        "step": c.step,
-                        "status": c.status,
-                        "files": c.files,
-                        "bytes": c.bytes,
-                        "damaged": [{"path": p, "error": m} for p, m in c.damaged],
-                    }
-                    for c in checks
-                ],
-                "quarantined": [
-                    o.name for o in listing.others if o.kind == "quarantined" and wanted is None
-                ],
-            }
+            _verify_doc(storage.root, run, checks, [] if wanted is not None else quarantined)
         )
+    for checkpoint in checkpoints:
+        parent, name = os.path.split(os.path.abspath(checkpoint.removeprefix("file://")))
+        storage = open_directory(parent)
+        check = verify_directory(storage, name, layout.parse_step(name))
+        docs.append({**_verify_doc(storage.join(name), checkpoint, [check], []), "single": True})
+    intact = all(s["status"] == "ok" for doc in docs for s in doc["steps"])
     if args.json:
         _print_json({"intact": intact, "runs": docs})
     else:
@@ -107,12 +115,35 @@ def cmd_verify(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK if intact else EXIT_DAMAGED
 
 
+def _verify_doc(
+    directory: str, run: str, checks: list[StepCheck], quarantined: list[str]
+) -> dict[str, Any]:
+    """One entry of `ckpt verify --json`: a run, or (`"single": true`) a single checkpoint."""
+    return {
+        "directory": directory,
+        "run": run,
+        "single": False,
+        "steps": [
+            {
+                "step": c.step,
+                "status": c.status,
+                "files": c.files,
+                "bytes": c.bytes,
+                "damaged": [{"path": p, "error": m} for p, m in c.damaged],
+            }
+            for c in checks
+        ],
+        "quarantined": quarantined,
+    }
+
+
 def _render_verify(out: Output, docs: list[dict[str, Any]]) -> None:
     n_steps = n_ok = n_files_bad = n_invalid = 0
     for i, doc in enumerate(docs):
         if i:
             out.line()
-        out.line(doc["run"], style="bold")
+        single = "  ·  a single checkpoint" if doc["single"] else ""
+        out.line(doc["run"] + single, style="bold")
         rows, styles = [], []
         for s in doc["steps"]:
             n_steps += 1

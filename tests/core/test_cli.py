@@ -424,8 +424,13 @@ def test_prune_applies_the_core_policy(mlp: Path) -> None:
         mgr.verify(9)
     # pruning by hand does not change the run's own retention record
     assert json.loads((mlp / layout.RUN_FILE).read_text())["retention"] == recorded
-    # the run's best pointer named a deleted step: it now names the best remaining one
-    assert (mlp / layout.BEST_POINTER).read_text().strip() == layout.step_dirname(10)
+    # the run's best pointer named a deleted step (6): it now names the best remaining one by
+    # the run's own val_loss (4), not by the prune's one-off acc ranking (10)
+    assert (mlp / layout.BEST_POINTER).read_text().strip() == layout.step_dirname(4)
+    with CheckpointManager(mlp, read_only=True) as mgr:
+        assert mgr.best_step() == 4
+    assert ckpt("best", mlp).stdout.strip() == str(mlp / layout.step_dirname(4))
+    assert [r["step"] for r in ckpt_json("ls", mlp)["runs"][0]["steps"] if r["best"]] == [4]
     assert not any(name.startswith(".tmp-") for name in os.listdir(mlp))
 
 
@@ -519,7 +524,7 @@ def test_show_depth_and_path_filter(tmp_path: Path) -> None:
     assert "loops/" in out.stdout and "12 leaves, 0 arrays" in out.stdout
     assert "state_dict/" in out.stdout and "2 leaves, 2 arrays" in out.stdout
     assert "fit_loop" not in out.stdout and "3 of 15 leaves shown" not in out.stdout
-    assert "1 of 15 leaves shown (1 levels deep, deeper ones folded" in out.stdout
+    assert "1 of 15 leaves shown (1 level deep, deeper ones folded" in out.stdout
     doc = ckpt_json("show", tmp_path / "r", "--depth", 1)
     entries = {e["path"]: e for e in doc["tree"]["entries"]}
     assert set(entries) == {"state_dict/", "loops/", "epoch"}
@@ -536,6 +541,73 @@ def test_show_depth_and_path_filter(tmp_path: Path) -> None:
     ]
     out = ckpt("show", tmp_path / "r", "--path", "optimizer_states").stdout
     assert "no leaf path matches 'optimizer_states'" in out
+
+
+def test_show_shortens_long_metadata_and_leaves_out_none(tmp_path: Path) -> None:
+    rng = "ab" * 5000  # e.g. the hex of an RNG state, as CkptHook(save_global_rng=True) saves
+    with CheckpointManager(tmp_path / "r") as mgr:
+        mgr.save(1, state(1), metadata={"epoch": 3, "rng": {"numpy": rng, "python": rng}})
+        mgr.save(2, state(2))
+    out = ckpt("show", tmp_path / "r", 1).stdout
+    line = next(x for x in out.splitlines() if x.strip().startswith("metadata"))
+    assert "epoch=3" in line and "rng={numpy, python} <" in line and "--json" in line
+    assert len(line) < 120 and rng not in out
+    doc = ckpt_json("show", tmp_path / "r", 1)
+    assert doc["metadata"]["rng"]["numpy"] == rng  # in full for scripts
+    out = ckpt("show", tmp_path / "r").stdout  # no metadata: no line (as README's sample)
+    assert "metadata" not in out and "null" not in out
+    assert ckpt_json("show", tmp_path / "r")["metadata"] is None
+
+
+def test_show_accepts_pointer_files_and_files_inside_a_step(runs: Path) -> None:
+    mlp = runs / "mlp"
+    assert ckpt_json("show", mlp / layout.LATEST_POINTER)["step"] == 10
+    assert ckpt_json("show", mlp / layout.BEST_POINTER)["step"] == 6
+    step_6 = mlp / layout.step_dirname(6)
+    for file in sorted(step_6.iterdir()):
+        doc = ckpt_json("show", file)
+        assert doc["step"] == 6 and doc["best"] is True, file
+    assert_one_line_error(ckpt("show", mlp / layout.LATEST_POINTER, 4), "drop STEP")
+    assert_one_line_error(ckpt("show", mlp / layout.RUN_FILE), "is a file", "pointer")
+
+
+def test_ranking_options_that_would_be_ignored_are_refused(runs: Path) -> None:
+    mlp = runs / "mlp"
+    assert_one_line_error(ckpt("best", mlp, "--mode", "max"), "--mode max needs --metric")
+    assert_one_line_error(ckpt("show", mlp, "--metric", "acc"), "only for STEP 'best'")
+    assert_one_line_error(ckpt("show", mlp, 6, "--mode", "max"), "only for STEP 'best'")
+    assert_one_line_error(ckpt("show", mlp, "best", "--mode", "max"), "needs --metric")
+    assert ckpt_json("show", mlp, "best", "--metric", "acc", "--mode", "max")["step"] == 10
+    assert ckpt_json("best", mlp, "--metric", "acc", "--mode", "max")["step"] == 10
+
+
+def test_single_checkpoints_are_verified_and_listed(runs: Path, tmp_path: Path) -> None:
+    from ckpt_core import save_checkpoint
+
+    models = tmp_path / "models"
+    save_checkpoint(models / "agent", state(7), metadata={"env": "CartPole-v1"})
+    shutil.copytree(runs / "mlp", models / "mlp")
+    result = ckpt("verify", models / "agent")
+    assert result.returncode == 0, result.stderr
+    assert "a single checkpoint" in result.stdout and "1 of 1 steps intact" in result.stdout
+    doc = ckpt_json("verify", models / "agent")
+    assert doc["intact"] is True and doc["runs"][0]["single"] is True
+    assert doc["runs"][0]["steps"][0]["status"] == "ok"
+    assert ckpt("verify", models / "mlp" / layout.step_dirname(6)).returncode == 0
+    assert_one_line_error(ckpt("verify", models / "agent", 0), "single checkpoint", "drop STEP")
+    # `ckpt ls PARENT` names it instead of leaving it out; --json has it too
+    out = ckpt("ls", models).stdout
+    assert "agent" in out and "a single checkpoint" in out and "mlp" in out
+    doc = ckpt_json("ls", models)
+    assert [c["path"] for c in doc["checkpoints"]] == [str(models / "agent")]
+    assert [r["directory"] for r in doc["runs"]] == [str(models / "mlp")]
+    assert ckpt_json("ls", runs)["checkpoints"] == []
+    # `ckpt verify PARENT` checks it with the runs, and finds its damage
+    payload = next(f for f in (models / "agent").iterdir() if f.name != layout.MANIFEST)
+    flip_byte(payload)
+    assert ckpt("verify", models / "agent").returncode == 1
+    doc = json.loads(ckpt("verify", models, "--json").stdout)
+    assert doc["intact"] is False and [r["single"] for r in doc["runs"]] == [False, True]
 
 
 # ---------------------------------------------------------------- best

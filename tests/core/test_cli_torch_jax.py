@@ -79,3 +79,13 @@ def test_best_prints_the_file_of_a_torch_step(tmp_path: Path) -> None:
     assert torch.load(path, weights_only=True)["state_dict"]["w"].tolist() == [2.0, 2.0]
     doc = ckpt_json("best", tmp_path / "r")
     assert doc["path"] == path and doc["step_path"] == str(Path(path).parent)
+
+
+def test_show_takes_the_file_ckpt_best_prints(tmp_path: Path) -> None:
+    with CheckpointManager(tmp_path / "r", format="torch", best_fn="loss") as mgr:
+        for step, loss in ((1, 0.5), (2, 0.2), (3, 0.4)):
+            mgr.save(step, {"state_dict": {"w": torch.ones(2) * step}}, metrics={"loss": loss})
+    path = ckpt("best", tmp_path / "r").stdout.strip()
+    assert path.endswith("state.pt")
+    doc = ckpt_json("show", path)  # `ckpt show $(ckpt best runs/torch)`
+    assert doc["step"] == 2 and doc["best"] is True and doc["format"] == "torch"

@@ -114,6 +114,25 @@ def test_ambiguous_and_missing_paths_say_what_to_do(tmp_path):
     assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["todo.txt"]
 
 
+def test_load_errors_say_what_the_path_is(tmp_path):
+    (tmp_path / "qs.py").write_text("print('hi')")
+    with pytest.raises(NotADirectoryError, match=r"a file, not a checkpoint directory") as e:
+        load_checkpoint(tmp_path / "qs.py")
+    assert "created" not in str(e.value).replace("nothing is created on a read", "")
+    assert not checkpoint_exists(tmp_path / "qs.py")
+    with pytest.raises(CheckpointNotFoundError, match="the directory does not exist") as e:
+        load_checkpoint(tmp_path / "runs" / "nope")
+    assert "manifest.json" not in str(e.value)
+    save_checkpoint(tmp_path / "runs" / "exp", state(1.0), step=1)
+    save_checkpoint(tmp_path / "runs" / "agent", state(2.0))
+    with pytest.raises(CheckpointNotFoundError, match=r"below it: exp, agent.*HINT") as e:
+        load_checkpoint(tmp_path / "runs")
+    assert str(tmp_path / "runs" / "exp") in str(e.value)
+    with pytest.raises(CheckpointNotFoundError, match="below it"):
+        load_metadata(tmp_path / "runs")
+    assert not checkpoint_exists(tmp_path / "runs")
+
+
 def test_one_shot_save_killed_between_renames_is_repaired(tmp_path):
     save_checkpoint(tmp_path / "model", state(1))
     os.rename(tmp_path / "model", tmp_path / ".old-model-0123456789ab")  # killed here
