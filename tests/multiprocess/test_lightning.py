@@ -1,0 +1,96 @@
+"""`CkptCallback` under Lightning's ModelParallelStrategy: 2 real ranks (FSDP2 on CPU, gloo)
+saving `dcp` steps from every rank, and resuming from them (see `lightning_fit`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .launch import ROOT, free_port
+
+pytest.importorskip("lightning")
+
+
+def fit_two_ranks(directory: Path, timeout: float = 240.0, **callback: Any) -> list[Any]:
+    """Run `lightning_fit` (Lightning starts the second rank); each rank's result, by rank."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "PYTHONWARNINGS": "ignore",
+    }
+    command = [sys.executable, "-m", "tests.multiprocess.lightning_fit", str(directory)]
+    command.append(json.dumps({"callback": callback}))
+    # Its own session: on a timeout the whole job (both ranks) is killed.
+    job = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = job.communicate(timeout=timeout)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.communicate()
+    assert job.returncode == 0, output[-8000:]
+    results = [directory / f"result_{rank}.json" for rank in (0, 1)]
+    assert all(r.exists() for r in results), output[-8000:]
+    return [json.loads(r.read_text()) for r in results]
+
+
+def test_sharded_run_saves_dcp_from_both_ranks_and_resumes_bit_for_bit(tmp_path, ckpt):
+    ranks = fit_two_ranks(tmp_path, monitor="val_loss", save_top_k=1)
+    first, second = ranks
+
+    # An interrupted run resumed with resume=True ends with the uninterrupted run's weights.
+    assert first["resumed_step"] == second["resumed_step"] == 8  # the first epoch's end
+    assert first["resumed"] == first["straight"]
+    assert second["resumed"] == first["resumed"]
+
+    # Retention and best across ranks: the best by val_loss and the latest, alike on both.
+    run = first["run"]
+    assert run == second["run"]
+    assert run["steps"][-1] == 24
+    best = run["best"]
+    val_losses = {int(s): m["val_loss"] for s, m in run["metrics"].items()}
+    assert best == min(val_losses, key=lambda s: (val_losses[s], -s))
+    assert run["steps"] == sorted({best, 24})
+    resumed = tmp_path / "resumed"
+    for rank in ranks:
+        assert rank["best_model_path"] == str(resumed / f"step_{best:08d}" / "dcp")
+        assert rank["last_model_path"] == str(resumed / "step_00000024" / "dcp")
+        # validate(ckpt_path="best") loaded the best step into the sharded model.
+        assert rank["validated_val_loss"] == pytest.approx(val_losses[best], rel=1e-6)
+
+    # Every step holds both ranks' shards, checked by the manifest; `ckpt` reads the run.
+    for step in run["steps"]:
+        manifest = json.loads((resumed / f"step_{step:08d}" / "manifest.json").read_text())
+        assert manifest["format"] == "dcp"
+        assert {"dcp/.metadata", "dcp/__0_0.distcp", "dcp/__1_0.distcp"} <= set(manifest["files"])
+    assert ckpt("verify", tmp_path / "straight")["intact"]
+    assert ckpt("verify", resumed)["intact"]
+    shown = ckpt("show", resumed, 24)
+    assert shown["format"] == "dcp"
+
+
+@pytest.mark.slow
+def test_sharded_async_mid_epoch_saves_resume_bit_for_bit(tmp_path):
+    first, second = fit_two_ranks(tmp_path, every_n_train_steps=3, async_save=True, max_to_keep=2)
+    assert first["resumed_step"] == second["resumed_step"] == 6  # mid-epoch, in the first
+    assert first["resumed"] == first["straight"] == second["resumed"]
+    assert first["run"]["steps"] == second["run"]["steps"] == [21, 24]
