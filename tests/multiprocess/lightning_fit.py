@@ -102,7 +102,11 @@ def fingerprint(model: nn.Module) -> str:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     options = StateDictOptions(full_state_dict=True)  # on every rank (no cpu_offload)
-    full = get_model_state_dict(model, options=options)
+    return digest(get_model_state_dict(model, options=options))
+
+
+def digest(full: dict[str, torch.Tensor]) -> str:
+    """A hash of a full state dict's names and bytes."""
     digest = hashlib.sha256()
     for key in sorted(full):
         digest.update(key.encode())

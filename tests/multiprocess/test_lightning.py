@@ -87,6 +87,18 @@ def test_sharded_run_saves_dcp_from_both_ranks_and_resumes_bit_for_bit(tmp_path,
     shown = ckpt("show", resumed, 24)
     assert shown["format"] == "dcp"
 
+    # One process without a process group loads the final step into a plain model; Lightning's
+    # `load_from_checkpoint` reads one file and cannot (the README says so).
+    from ckpt_core import load_checkpoint
+    from tests.multiprocess.lightning_fit import ShardedModel, digest
+
+    model = ShardedModel()
+    state = load_checkpoint(resumed / "step_00000024", like={"state_dict": model.state_dict()})
+    model.load_state_dict(state["state_dict"])
+    assert digest(model.state_dict()) == first["resumed"]
+    with pytest.raises(IsADirectoryError):
+        ShardedModel.load_from_checkpoint(first["last_model_path"])
+
 
 @pytest.mark.slow
 def test_sharded_async_mid_epoch_saves_resume_bit_for_bit(tmp_path):
