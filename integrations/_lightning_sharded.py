@@ -44,7 +44,8 @@ def is_sharded(strategy: Strategy) -> bool:
 def sharded_state(trainer: Trainer, checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The `dcp` state of Lightning's checkpoint dict `checkpoint` (built on every rank).
 
-    Collective: every rank calls it (rank 0's rest of the dict is sent to all).
+    Every rank calls it; only global rank 0's state holds the rest of the dict (no collective
+    here, so a save on an exception that stopped one rank cannot hang in it).
 
     Raises:
         TypeError: the rest of the dict holds a value `torch.load(weights_only=True)` refuses.
@@ -67,15 +68,13 @@ def sharded_state(trainer: Trainer, checkpoint: dict[str, Any]) -> dict[str, Any
         for index, optimizer in enumerate(_optimizers(trainer)):
             optimizer_state = get_optimizer_state_dict(model, optimizer, options=options)
             state[f"optimizer_{index}"] = optimizer_state
-    text = None
-    if trainer.is_global_zero:
+    if trainer.is_global_zero:  # DCP merges the keys of every rank: rank 0's rest is saved
         refusal = restore_refusal(checkpoint)
         if refusal is not None:
             raise TypeError(f"CkptCallback cannot save this checkpoint: {refusal.message}")
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
-        text = base64.b64encode(buffer.getvalue()).decode("ascii")
-    state[REST_KEY] = trainer.strategy.broadcast(text, src=0)
+        state[REST_KEY] = base64.b64encode(buffer.getvalue()).decode("ascii")
     return state
 
 
