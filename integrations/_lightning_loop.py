@@ -105,6 +105,7 @@ def resume_from(
         # The sharded model and optimizers do not exist yet: they are loaded after setup.
         _restore_after_setup(trainer, lambda: load_sharded(trainer, manager, step))
     elif restore:
+        load_if_sharded(trainer, manager, step)  # a dcp step raises: it needs a sharded strategy
         checkpoint = manager.restore(step)
         if not isinstance(checkpoint, Mapping) or "pytorch-lightning_version" not in checkpoint:
             found = sorted(map(str, checkpoint))[:5] if isinstance(checkpoint, Mapping) else None
@@ -314,7 +315,7 @@ def open_writer(
     0 reaches every rank); otherwise on global rank 0 only (DDP: it holds the whole state).
 
     Returns:
-        The manager (None on the other ranks) and, on every rank, the step to resume from
+        The manager (None on the other ranks under DDP) and, on every rank, the step to resume from
         (None: a fresh start).
 
     Raises:
@@ -323,7 +324,8 @@ def open_writer(
     """
     if is_sharded(trainer.strategy):
         if manager is None:
-            manager = open_manager(format=DCP_FORMAT, multiprocess=True)
+            # None: the job's ranks when there are several; one device is a single process.
+            manager = open_manager(format=DCP_FORMAT, multiprocess=None)
         return manager, manager.latest_step() if manager.resuming else None
     failure: BaseException | None = None
     if trainer.is_global_zero and manager is None:

@@ -1,5 +1,6 @@
 """A 2-process Lightning job (ModelParallelStrategy, FSDP2 `fully_shard`, gloo on CPU) with
-`CkptCallback`: `python -m tests.multiprocess.lightning_fit DIR ARGS_JSON`.
+`CkptCallback`: `python -m tests.multiprocess.lightning_fit DIR ARGS_JSON` (ARGS_JSON:
+`{"callback": {...CkptCallback arguments}, "devices": 2}`).
 
 Lightning launches the second rank itself (it runs this module again). In one job: an
 uninterrupted run into DIR/straight; a run into DIR/resumed that raises in its second epoch;
@@ -78,10 +79,11 @@ class ShardedModel(L.LightningModule):
 def fit(directory: str, args: dict[str, Any], *, fail: bool = False, resume: bool = False) -> Any:
     L.seed_everything(0)
     callback = CkptCallback(directory, resume=resume, **args["callback"])
+    devices = args.get("devices", 2)
     trainer = L.Trainer(
         accelerator="cpu",
-        devices=2,
-        strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
+        devices=devices,
+        strategy=ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1),
         max_epochs=EPOCHS,
         logger=False,
         callbacks=[callback],

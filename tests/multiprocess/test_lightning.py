@@ -18,8 +18,10 @@ from .launch import ROOT, free_port
 pytest.importorskip("lightning")
 
 
-def fit_two_ranks(directory: Path, timeout: float = 240.0, **callback: Any) -> list[Any]:
-    """Run `lightning_fit` (Lightning starts the second rank); each rank's result, by rank."""
+def fit_sharded(
+    directory: Path, timeout: float = 240.0, devices: int = 2, **callback: Any
+) -> list[Any]:
+    """Run `lightning_fit` on `devices` ranks (Lightning starts the others); results by rank."""
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -30,7 +32,7 @@ def fit_two_ranks(directory: Path, timeout: float = 240.0, **callback: Any) -> l
         "PYTHONWARNINGS": "ignore",
     }
     command = [sys.executable, "-m", "tests.multiprocess.lightning_fit", str(directory)]
-    command.append(json.dumps({"callback": callback}))
+    command.append(json.dumps({"callback": callback, "devices": devices}))
     # Its own session: on a timeout the whole job (both ranks) is killed.
     job = subprocess.Popen(
         command,
@@ -48,13 +50,13 @@ def fit_two_ranks(directory: Path, timeout: float = 240.0, **callback: Any) -> l
             os.killpg(job.pid, signal.SIGKILL)
             job.communicate()
     assert job.returncode == 0, output[-8000:]
-    results = [directory / f"result_{rank}.json" for rank in (0, 1)]
+    results = [directory / f"result_{rank}.json" for rank in range(devices)]
     assert all(r.exists() for r in results), output[-8000:]
     return [json.loads(r.read_text()) for r in results]
 
 
 def test_sharded_run_saves_dcp_from_both_ranks_and_resumes_bit_for_bit(tmp_path, ckpt):
-    ranks = fit_two_ranks(tmp_path, monitor="val_loss", save_top_k=1)
+    ranks = fit_sharded(tmp_path, monitor="val_loss", save_top_k=1)
     first, second = ranks
 
     # An interrupted run resumed with resume=True ends with the uninterrupted run's weights.
@@ -102,7 +104,16 @@ def test_sharded_run_saves_dcp_from_both_ranks_and_resumes_bit_for_bit(tmp_path,
 
 @pytest.mark.slow
 def test_sharded_async_mid_epoch_saves_resume_bit_for_bit(tmp_path):
-    first, second = fit_two_ranks(tmp_path, every_n_train_steps=3, async_save=True, max_to_keep=2)
+    first, second = fit_sharded(tmp_path, every_n_train_steps=3, async_save=True, max_to_keep=2)
     assert first["resumed_step"] == second["resumed_step"] == 6  # mid-epoch, in the first
     assert first["resumed"] == first["straight"] == second["resumed"]
     assert first["run"]["steps"] == second["run"]["steps"] == [21, 24]
+
+
+def test_sharded_strategy_on_one_device_saves_dcp_in_one_process(tmp_path):
+    # World size 1: no process group to join, the dcp step is one process's.
+    (only,) = fit_sharded(tmp_path, devices=1, monitor="val_loss")
+    assert only["resumed_step"] == 16  # one rank trains every batch: 16 per epoch
+    assert only["resumed"] == only["straight"]
+    manifest = json.loads((tmp_path / "resumed" / "step_00000048" / "manifest.json").read_text())
+    assert manifest["format"] == "dcp" and "dcp/__0_0.distcp" in manifest["files"]
