@@ -1,6 +1,6 @@
 """A 2-process Lightning job (ModelParallelStrategy, FSDP2 `fully_shard`, gloo on CPU) with
 `CkptCallback`: `python -m tests.multiprocess.lightning_fit DIR ARGS_JSON` (ARGS_JSON:
-`{"callback": {...CkptCallback arguments}, "devices": 2}`).
+`{"callback": {...CkptCallback arguments}, "devices": 2, "resume_with": "resume" or "last"}`).
 
 Lightning launches the second rank itself (it runs this module again). In one job: an
 uninterrupted run into DIR/straight; a run into DIR/resumed that raises in its second epoch;
@@ -26,7 +26,7 @@ from ckpt_core import CheckpointManager
 from integrations.lightning import CkptCallback
 
 EPOCHS = 3
-FAIL_EPOCH = 1  # the second epoch
+FAIL_EPOCH = 1  # the second epoch, at the end of its second batch
 
 
 class Interrupted(RuntimeError):
@@ -53,9 +53,12 @@ class ShardedModel(L.LightningModule):
         return ((self.net(x) - y) ** 2).mean()
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        if self.current_epoch == self.fail_epoch:
-            raise Interrupted(f"interrupted in epoch {self.current_epoch}")
         return self._loss(batch)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # After the epoch's second step (and after the callbacks' hooks, which run first).
+        if self.current_epoch == self.fail_epoch and batch_idx == 1:
+            raise Interrupted(f"interrupted at step {self.trainer.global_step}")
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self.log("val_loss", self._loss(batch), sync_dist=True)
@@ -77,8 +80,11 @@ class ShardedModel(L.LightningModule):
 
 
 def fit(directory: str, args: dict[str, Any], *, fail: bool = False, resume: bool = False) -> Any:
+    """One `fit`; `resume`: continue the run in `directory`, with `resume=True` or, with
+    `args["resume_with"] == "last"`, with `fit(ckpt_path="last")`."""
     L.seed_everything(0)
-    callback = CkptCallback(directory, resume=resume, **args["callback"])
+    last = resume and args.get("resume_with") == "last"
+    callback = CkptCallback(directory, resume=resume and not last, **args["callback"])
     devices = args.get("devices", 2)
     trainer = L.Trainer(
         accelerator="cpu",
@@ -93,7 +99,7 @@ def fit(directory: str, args: dict[str, Any], *, fail: bool = False, resume: boo
     )
     model = ShardedModel(FAIL_EPOCH if fail else None)
     try:
-        trainer.fit(model)
+        trainer.fit(model, ckpt_path="last" if last else None)
     except Interrupted:
         assert fail
     return trainer, callback, model

@@ -19,7 +19,11 @@ pytest.importorskip("lightning")
 
 
 def fit_sharded(
-    directory: Path, timeout: float = 240.0, devices: int = 2, **callback: Any
+    directory: Path,
+    timeout: float = 240.0,
+    devices: int = 2,
+    resume_with: str = "resume",
+    **callback: Any,
 ) -> list[Any]:
     """Run `lightning_fit` on `devices` ranks (Lightning starts the others); results by rank."""
     env = {
@@ -32,7 +36,9 @@ def fit_sharded(
         "PYTHONWARNINGS": "ignore",
     }
     command = [sys.executable, "-m", "tests.multiprocess.lightning_fit", str(directory)]
-    command.append(json.dumps({"callback": callback, "devices": devices}))
+    command.append(
+        json.dumps({"callback": callback, "devices": devices, "resume_with": resume_with})
+    )
     # Its own session: on a timeout the whole job (both ranks) is killed.
     job = subprocess.Popen(
         command,
@@ -103,9 +109,16 @@ def test_sharded_run_saves_dcp_from_both_ranks_and_resumes_bit_for_bit(tmp_path,
 
 
 @pytest.mark.slow
-def test_sharded_async_mid_epoch_saves_resume_bit_for_bit(tmp_path):
-    first, second = fit_sharded(tmp_path, every_n_train_steps=3, async_save=True, max_to_keep=2)
-    assert first["resumed_step"] == second["resumed_step"] == 6  # mid-epoch, in the first
+def test_sharded_async_saves_on_exception_continue_with_ckpt_path_last_bit_for_bit(tmp_path):
+    first, second = fit_sharded(
+        tmp_path,
+        resume_with="last",  # fit(ckpt_path="last") instead of resume=True
+        every_n_train_steps=3,
+        async_save=True,
+        max_to_keep=2,
+        save_on_exception=True,  # every rank raises alike, so every rank saves its shards
+    )
+    assert first["resumed_step"] == second["resumed_step"] == 10  # saved on the exception
     assert first["resumed"] == first["straight"] == second["resumed"]
     assert first["run"]["steps"] == second["run"]["steps"] == [21, 24]
 
