@@ -10,7 +10,8 @@ own shards in the `dcp` format. A step holds:
 * `optimizer_<i>`: each optimizer's sharded state (`get_optimizer_state_dict`), Lightning's names;
 * `lightning`: the rest of Lightning's checkpoint dict (loops, callbacks, LR schedulers, RNG
   states, hyper-parameters), global rank 0's, as the base64 text of its `torch.save` bytes: one
-  value DCP stores whole, which `torch.load(weights_only=True)` gives back.
+  value DCP stores whole, which `torch.load(weights_only=True)` gives back (not `bytes`, which
+  it refuses, nor a uint8 tensor, whose size a reader would need before reading it).
 
 Loading mirrors Lightning's own `load_checkpoint` of these strategies: the model and optimizers
 are set up first (`restore_checkpoint_after_setup`), their sharded state dicts are the `like`
@@ -44,8 +45,9 @@ def is_sharded(strategy: Strategy) -> bool:
 def sharded_state(trainer: Trainer, checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The `dcp` state of Lightning's checkpoint dict `checkpoint` (built on every rank).
 
-    Every rank calls it; only global rank 0's state holds the rest of the dict (no collective
-    here, so a save on an exception that stopped one rank cannot hang in it).
+    Every rank calls it; only global rank 0's state holds the rest of the dict. The strategy's
+    own state dicts in `checkpoint` are replaced by sharded ones (under
+    `FSDPStrategy(state_dict_type="full")` Lightning has gathered full ones first, in vain).
 
     Raises:
         TypeError: the rest of the dict holds a value `torch.load(weights_only=True)` refuses.
