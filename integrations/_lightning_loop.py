@@ -7,8 +7,9 @@ module holds every such contact with Lightning's internals, each checked against
 `LIGHTNING_VERSIONS_CHECKED`, and the per-`fit` pieces `CkptCallback` composes around them:
 `TrainLoaders` (plain train dataloaders made resumable mid-epoch through `EpochReplay`),
 `ResumedRng` (the RNG states put back at the loop point where they were taken), `step_metrics`,
-and the decisions global rank 0 makes for every rank (`open_on_global_zero`,
-`decided_on_global_zero`).
+the writer's opening (`open_writer`: on global rank 0, or on every rank under a sharded strategy,
+see `_lightning_sharded`) and the decisions global rank 0 makes for every rank
+(`decided_on_global_zero`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from ckpt_core import CheckpointError, CheckpointManager
 from ckpt_core.manifest import to_float_metrics
 from ckpt_core.rng import set_global_rng_state
+from integrations._lightning_sharded import DCP_FORMAT, is_sharded, load_sharded, sharded_state
 from integrations._torch_data import EpochReplay, describe_loader, unreplayable_reason
 
 __all__ = [
@@ -33,15 +35,18 @@ __all__ = [
     "decided_on_global_zero",
     "epoch_trained",
     "lightning_checkpoint",
-    "open_on_global_zero",
+    "load_if_sharded",
+    "open_writer",
     "resume_from",
     "settle_loop_progress",
     "step_metrics",
 ]
 
-# Lightning versions whose internals `lightning_checkpoint`, `CkptCallback._find_last_checkpoints`
-# and `_on_train_loaders_ready` were checked against (trainer/connectors/checkpoint_connector.py,
-# loops/fit_loop.py).
+# Lightning versions whose internals `lightning_checkpoint`, `CkptCallback._find_last_checkpoints`,
+# `_on_train_loaders_ready` and `_restore_after_setup` were checked against
+# (trainer/connectors/checkpoint_connector.py, loops/fit_loop.py, trainer/trainer.py `_run`, and
+# strategies/model_parallel.py and fsdp.py: `restore_checkpoint_after_setup`, and their
+# `load_model_state_dict`/`load_optimizer_state_dict` that leave loading to `load_checkpoint`).
 LIGHTNING_VERSIONS_CHECKED = ("2.6.6",)
 
 
@@ -63,6 +68,8 @@ def lightning_checkpoint(
       `fit(ckpt_path=...)`. The dict goes through Lightning's checkpoint migration first, as
       `resume_start` does, so a checkpoint written by an older Lightning loads too.
 
+    Under a sharded strategy the dict built is `_lightning_sharded.sharded_state`'s, on every rank.
+
     Args:
         trainer: the trainer.
         restore: a checkpoint dict to restore at the next `fit` restore point; None to build one.
@@ -73,7 +80,8 @@ def lightning_checkpoint(
     """
     connector = trainer._checkpoint_connector
     if restore is None:
-        return connector.dump_checkpoint(weights_only)
+        checkpoint = connector.dump_checkpoint(weights_only)
+        return sharded_state(trainer, checkpoint) if is_sharded(trainer.strategy) else checkpoint
     from lightning.pytorch.utilities.migration.utils import _pl_migrate_checkpoint
 
     connector._loaded_checkpoint = _pl_migrate_checkpoint(restore)
@@ -93,7 +101,11 @@ def resume_from(
         CheckpointError: the step is not a Lightning checkpoint (another program saved it).
     """
     carried = {k: v for k, v in manager.metrics(step).items() if k not in ("epoch", "step")}
-    if restore:
+    if restore and is_sharded(trainer.strategy):
+        # The sharded model and optimizers do not exist yet: they are loaded after setup.
+        _restore_after_setup(trainer, lambda: load_sharded(trainer, manager, step))
+    elif restore:
+        load_if_sharded(trainer, manager, step)  # a dcp step raises: it needs a sharded strategy
         checkpoint = manager.restore(step)
         if not isinstance(checkpoint, Mapping) or "pytorch-lightning_version" not in checkpoint:
             found = sorted(map(str, checkpoint))[:5] if isinstance(checkpoint, Mapping) else None
@@ -106,6 +118,25 @@ def resume_from(
             )
         lightning_checkpoint(trainer, restore=checkpoint)
     return carried
+
+
+def _restore_after_setup(trainer: Trainer, load: Callable[[], dict[str, Any]]) -> None:
+    """Have this `fit` restore the checkpoint dict `load()` returns once its strategy set the
+    model and optimizers up, where Lightning restores a `ckpt_path` for strategies with
+    `restore_checkpoint_after_setup` (see LIGHTNING_VERSIONS_CHECKED): `_run` calls
+    `_CheckpointConnector.resume_start` there, with no path (the callback resumes by itself).
+    The connector's method is wrapped on this trainer for that one call; `before_checkpoint_loads`'
+    undo removes it if `fit` never got there."""
+    connector = trainer._checkpoint_connector
+    resume_start = connector.resume_start
+
+    def load_then_resume(checkpoint_path: Any = None, weights_only: Any = None) -> None:
+        connector.__dict__.pop("resume_start", None)
+        resume_start(checkpoint_path, weights_only)
+        if not checkpoint_path:
+            lightning_checkpoint(trainer, restore=load())
+
+    connector.resume_start = load_then_resume  # type: ignore[method-assign]
 
 
 def decided_on_global_zero(trainer: Trainer, value: Any) -> Any:
@@ -136,20 +167,42 @@ def _on_train_loaders_ready(
     return lambda: fit_loop.__dict__.pop("_load_combined_loader_states", None)
 
 
-def before_checkpoint_loads(trainer: Trainer, check: Callable[[Any], None]) -> Callable[[], None]:
+def before_checkpoint_loads(
+    trainer: Trainer, check: Callable[[Any], dict[str, Any] | None]
+) -> Callable[[], None]:
     """Call `check(path)` each time the trainer's strategy is about to load a checkpoint file
-    (`fit/validate/test/predict(ckpt_path=...)`, "last" and "best" included); returns the function
-    that undoes it. `Strategy.load_checkpoint` is public; it is wrapped on this trainer's strategy
-    only."""
+    (`fit/validate/test/predict(ckpt_path=...)`, "last" and "best" included): when it returns a
+    checkpoint dict (a `dcp` step it loaded itself), the strategy's own loading is skipped.
+    Returns the function that undoes it (and a pending `_restore_after_setup`).
+    `Strategy.load_checkpoint` is public; it is wrapped on this trainer's strategy only."""
     strategy = trainer.strategy
     load = strategy.load_checkpoint
 
     def check_then_load(checkpoint_path: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        check(checkpoint_path)
-        return load(checkpoint_path, *args, **kwargs)
+        loaded = check(checkpoint_path)
+        return load(checkpoint_path, *args, **kwargs) if loaded is None else loaded
+
+    def undo() -> None:
+        strategy.__dict__.pop("load_checkpoint", None)
+        trainer._checkpoint_connector.__dict__.pop("resume_start", None)
 
     strategy.load_checkpoint = check_then_load  # type: ignore[method-assign]
-    return lambda: strategy.__dict__.pop("load_checkpoint", None)
+    return undo
+
+
+def load_if_sharded(trainer: Trainer, manager: CheckpointManager, step: int) -> Any:
+    """`step` loaded into `trainer` if it is a `dcp` step (see `_lightning_sharded`), else None
+    (a torch step: Lightning's strategy loads the file)."""
+    if manager.info(step).format != DCP_FORMAT:
+        return None
+    if not is_sharded(trainer.strategy):
+        raise CheckpointError(
+            f"{manager.path(step)} is a sharded (dcp) checkpoint, saved under a sharded "
+            f"strategy, but this trainer's strategy is {type(trainer.strategy).__name__}. "
+            "HINT: load it with ModelParallelStrategy or FSDPStrategy, or in one process with "
+            "ckpt_core.load_checkpoint(<step directory>, like={'state_dict': ...})."
+        )
+    return load_sharded(trainer, manager, step)
 
 
 def epoch_trained(trainer: Trainer) -> bool:
@@ -250,26 +303,34 @@ class TrainLoaders:
                 self._unreplayable.append(f"{describe_loader(loader)} ({reason})")
 
 
-def open_on_global_zero(
+def open_writer(
     trainer: Trainer,
     where: str,
     manager: CheckpointManager | None,
-    open_manager: Callable[[], CheckpointManager],
+    open_manager: Callable[..., CheckpointManager],
 ) -> tuple[CheckpointManager | None, int | None]:
-    """Open the run's writer on global rank 0 only (unless `manager` is open already).
+    """Open the run's writer (unless `manager` is open already) with `open_manager(**options)`:
+    on every rank, in the `dcp` format, under a sharded strategy (each rank saves its shards;
+    the manager's multi-process protocol makes one step of them, and an error in opening on rank
+    0 reaches every rank); otherwise on global rank 0 only (DDP: it holds the whole state).
 
     Returns:
-        The manager (None on the other ranks) and, on every rank, the step to resume from
+        The manager (None on the other ranks under DDP) and, on every rank, the step to resume from
         (None: a fresh start).
 
     Raises:
         Exception: opening failed on rank 0: its error there, a RuntimeError naming it on the
             other ranks (told first, so that none waits for the others forever).
     """
+    if is_sharded(trainer.strategy):
+        if manager is None:
+            # None: the job's ranks when there are several; one device is a single process.
+            manager = open_manager(format=DCP_FORMAT, multiprocess=None)
+        return manager, manager.latest_step() if manager.resuming else None
     failure: BaseException | None = None
     if trainer.is_global_zero and manager is None:
         try:
-            manager = open_manager()
+            manager = open_manager(multiprocess=False)  # the other ranks never open it
         except Exception as e:  # raised below, after the other ranks were told
             failure = e
     resume_step = manager.latest_step() if manager is not None and manager.resuming else None
@@ -298,16 +359,21 @@ class ResumedRng:
     def __init__(self) -> None:
         self._states: Mapping[str, Any] | None = None
         self._at_epoch_end = False
+        self._fit_started = False
 
     def load(self, callback_state: Mapping[str, Any]) -> None:
         """Keep the states of `CkptCallback.state_dict()` as restored (from `load_state_dict`)."""
         self._states = callback_state.get("rng")
         self._at_epoch_end = bool(callback_state.get("rng_at_epoch_end", False))
+        if self._fit_started:  # restored after setup (sharded strategies): nothing drew since
+            self.at_fit_start()
 
     def clear(self) -> None:
         self._states = None
+        self._fit_started = False
 
     def at_fit_start(self) -> None:
+        self._fit_started = True
         if self._states is not None and self._at_epoch_end:
             self._apply()
 

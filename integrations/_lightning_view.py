@@ -21,7 +21,7 @@ from lightning.pytorch import Trainer
 
 from ckpt_core import CheckpointManager, CheckpointNotFoundError, CorruptCheckpointError
 from ckpt_core.layout import parse_step
-from integrations._lightning_loop import before_checkpoint_loads
+from integrations._lightning_loop import before_checkpoint_loads, load_if_sharded
 
 __all__ = ["CheckpointAttributes"]
 
@@ -36,7 +36,7 @@ class CheckpointAttributes:
     monitor: str | None
     mode: str
     storage_options: dict[str, Any] | None
-    _manager: CheckpointManager | None  # the writer, while `fit` runs on rank 0
+    _manager: CheckpointManager | None  # the writer, while `fit` runs (rank 0, or every rank)
     _manager_options: dict[str, Any]  # options every manager on `dirpath` is opened with
     _dirpath_given: str | None  # None: Lightning's default directory, resolved at `setup`
     _last_requested: bool  # Lightning resolved fit(ckpt_path="last") through this callback
@@ -167,37 +167,45 @@ class CheckpointAttributes:
     def _check_loads(self, trainer: Trainer) -> None:
         """Verify, from now on, the files of committed steps `trainer` is asked to load."""
         self._stop_checking_loads()
-        self._undo_load_check = before_checkpoint_loads(trainer, self._verify_before_load)
+        self._undo_load_check = before_checkpoint_loads(
+            trainer, lambda path: self._verify_before_load(trainer, path)
+        )
 
     def _stop_checking_loads(self) -> None:
         if self._undo_load_check is not None:
             self._undo_load_check()
             self._undo_load_check = None
 
-    def _verify_before_load(self, path: Any) -> None:
+    def _verify_before_load(self, trainer: Trainer, path: Any) -> dict[str, Any] | None:
         """A file of a committed step in `dirpath` is checked against its manifest's checksums
-        before Lightning loads it (raises CorruptCheckpointError naming the file)."""
+        before Lightning loads it (raises CorruptCheckpointError naming the file). A `dcp` step
+        (a sharded strategy's directory, which Lightning cannot read) is loaded here, checked
+        as it is read: returns its checkpoint dict for Lightning's restore."""
         if self.dirpath is None or not isinstance(path, str | os.PathLike):
-            return
+            return None
         path = os.fspath(path)
         step = parse_step(os.path.basename(os.path.dirname(path.rstrip("/"))))
         if step is None:
-            return
+            return None
         with self._reading() as manager:
             if manager is None or step not in manager.all_steps():
-                return
+                return None
             ours = str(manager.payload_path(step))
             if "://" not in ours:
                 ours, path = os.path.realpath(ours), os.path.realpath(path)
-            if ours == path:
-                try:
+            if ours != path:
+                return None
+            try:
+                loaded = load_if_sharded(trainer, manager, step)
+                if loaded is None:
                     manager.verify(step)
-                except CorruptCheckpointError as e:
-                    e.add_note(
-                        f"CkptCallback refused to load it as ckpt_path. HINT: `ckpt verify "
-                        f"{self.dirpath}` lists the intact steps; pass one of their files."
-                    )
-                    raise
+                return loaded
+            except CorruptCheckpointError as e:
+                e.add_note(
+                    f"CkptCallback refused to load it as ckpt_path. HINT: `ckpt verify "
+                    f"{self.dirpath}` lists the intact steps; pass one of their files."
+                )
+                raise
 
     def _resolve_dirpath(self, trainer: Trainer) -> None:
         # ModelCheckpoint's default with dirpath=None, without its logger-version subfolder: a

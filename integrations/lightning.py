@@ -46,8 +46,12 @@ Notes on behaviour:
   Random transforms in worker processes (`num_workers > 0`) are not replayed. Other
   loaders (an `IterableDataset`, a custom sampler) restart at their first batch; the
   first mid-epoch save warns, naming them.
-* Only global rank 0 writes; the other ranks wait at a barrier after each save. The RNG
-  states saved are global rank 0's; under DDP every rank resumes with them.
+* Under DDP only global rank 0 writes; the other ranks wait at a barrier after each save.
+  Under a sharded strategy (`ModelParallelStrategy`, `FSDPStrategy`) every rank writes its
+  shards of the model and optimizers in the `dcp` format (see `_lightning_sharded`): the paths
+  are then step directories (`step_XXXXXXXX/dcp`), which `ckpt_path=` loads, but
+  `MyModule.load_from_checkpoint` cannot (it reads one file). The RNG states saved are global
+  rank 0's; every rank resumes with them.
 * It subclasses `ModelCheckpoint` only so that Lightning's `ckpt_path="last"` finds it;
   every hook is its own (a test checks that none of ModelCheckpoint's runs).
 """
@@ -77,7 +81,7 @@ from integrations._lightning_loop import (
     decided_on_global_zero,
     epoch_trained,
     lightning_checkpoint,
-    open_on_global_zero,
+    open_writer,
     resume_from,
     settle_loop_progress,
     step_metrics,
@@ -224,7 +228,7 @@ class CkptCallback(CheckpointAttributes, ModelCheckpoint):
         self._manager_options = given.manager_options()  # for the writer and every reader
         self._schedule = given.schedule()  # the same on every rank
         # Run-time state: none of it is checkpoint state, which lives in the manager's manifests.
-        self._manager: CheckpointManager | None = None  # the writer, rank 0, during `fit` only
+        self._manager: CheckpointManager | None = None  # the writer(s), during `fit` only
         self._opened_before = False  # a later `fit` of the same callback continues its own run
         self._last_requested = False  # Lightning resolved fit(ckpt_path="last") through us
         self._carried_metrics: dict[str, float] = {}
@@ -268,20 +272,20 @@ class CkptCallback(CheckpointAttributes, ModelCheckpoint):
             resume, self.overwrite and not resume, caller="CkptCallback"
         )
         assert self.dirpath is not None  # resolved above
-        self._manager, resume_step = open_on_global_zero(
+        self._manager, resume_step = open_writer(
             trainer,
             self.dirpath,
             self._manager,
-            lambda: CheckpointManager(
+            lambda **how: CheckpointManager(
                 self.dirpath,
                 on_existing=on_existing,
                 async_save=self.async_save,
                 save_on_signals=self.save_on_signals,  # the writer only: readers don't save
-                # `self._schedule` decides when on every rank (the manager lives on rank 0
-                # only), so every save it asks for is due: `save` needs no `force`.
+                # `self._schedule` decides when on every rank (under DDP the manager lives on
+                # rank 0 only), so every save it asks for is due: `save` needs no `force`.
                 save_interval_steps=1,
-                multiprocess=False,  # rank 0 alone writes (DDP); the others never open it
-                **self._manager_options,
+                # `how`: rank 0 alone (DDP), or every rank in the dcp format (sharded).
+                **{**self._manager_options, **how},
             ),
         )
         self._opened_before = True
