@@ -30,7 +30,7 @@ from typing import Any
 from .. import _tree
 from ..errors import CheckpointError, CorruptCheckpointError, StructureMismatchError
 from ..storage import StepWriter
-from .frameworks import framework_missing
+from .frameworks import framework_missing, require
 from .protocol import TreeEntry, TreeListing
 from .reader import StepReader
 from .snapshot import host_copy
@@ -40,11 +40,9 @@ _SHARD_FILE = re.compile(rf"^{PAYLOAD_DIR}/__([0-9]+)_[0-9]+\.distcp$")
 
 
 def _dcp() -> Any:
-    try:
-        import torch.distributed.checkpoint as dcp
-    except ImportError:
-        raise framework_missing("torch", "torch", "the dcp format") from None
-    return dcp
+    return require(
+        "torch.distributed.checkpoint", package="torch", extra="torch", why="the dcp format"
+    )
 
 
 class DcpFormat:

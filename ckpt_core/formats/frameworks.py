@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 
@@ -11,9 +12,13 @@ def framework_missing(package: str, extra: str, why: str) -> ImportError:
     )
 
 
-def torch_module() -> Any:
+def require(module: str, *, package: str, extra: str, why: str) -> Any:
+    """Import `module`, or raise the ImportError that names the extra to install."""
     try:
-        import torch
+        return importlib.import_module(module)
     except ImportError:
-        raise framework_missing("torch", "torch", "the torch format") from None
-    return torch
+        raise framework_missing(package, extra, why) from None
+
+
+def torch_module() -> Any:
+    return require("torch", package="torch", extra="torch", why="the torch format")

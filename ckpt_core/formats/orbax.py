@@ -25,7 +25,7 @@ import numpy as np
 from .. import _tree, layout
 from ..errors import CheckpointError, CorruptCheckpointError, StructureMismatchError
 from ..storage import StepWriter
-from .frameworks import framework_missing
+from .frameworks import framework_missing, require
 from .like import jax_placement, value_for
 from .protocol import TreeEntry, TreeListing
 from .reader import StepReader
@@ -39,11 +39,9 @@ _PROCESS_FILE = re.compile(rf"^{PAYLOAD_DIR}/(?:.+/)?(?:ocdbt\.)?process_([0-9]+
 
 
 def _ocp() -> Any:
-    try:
-        import orbax.checkpoint as ocp
-    except ImportError:
-        raise framework_missing("orbax-checkpoint", "flax", "the orbax format") from None
-    return ocp
+    return require(
+        "orbax.checkpoint", package="orbax-checkpoint", extra="flax", why="the orbax format"
+    )
 
 
 class OrbaxFormat:

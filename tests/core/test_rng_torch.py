@@ -12,6 +12,7 @@ import torch
 
 from ckpt_core.formats import torch as torch_format
 from ckpt_core.rng import global_rng_state, set_global_rng_state
+from tests.legacy_rng import lightning_rng_layout_before
 
 
 def draws() -> tuple[float, np.ndarray, torch.Tensor]:
@@ -54,28 +55,11 @@ def test_the_state_survives_torch_load_weights_only_without_the_slow_check():
     assert_same_draws(draws(), expected)
 
 
-def lightning_layout_before() -> dict:
-    """What `integrations.lightning` captured itself before it used `ckpt_core.rng`."""
-    version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-    return {
-        "python": {"version": version, "internal": torch.tensor(internal), "gauss": gauss},
-        "numpy": {
-            "kind": kind,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "torch": torch.get_rng_state(),
-    }
-
-
 def test_checkpoints_of_the_lightning_adapter_before_still_restore():
     reseed(5)
     np.random.standard_normal()  # a cached Gaussian in numpy's legacy state
     buffer = io.BytesIO()
-    torch.save(lightning_layout_before(), buffer)
+    torch.save(lightning_rng_layout_before(), buffer)
     expected = (*draws(), np.random.standard_normal())
     buffer.seek(0)
     older = torch.load(buffer, weights_only=True)

@@ -33,6 +33,7 @@ from torch.utils.data.distributed import DistributedSampler
 import integrations.lightning as lightning_adapter
 from ckpt_core import CheckpointError, CheckpointExistsError, CheckpointManager
 from integrations.lightning import CkptCallback
+from tests.legacy_rng import lightning_rng_layout_before
 
 ROOT = Path(__file__).resolve().parents[2]
 BATCH = 4
@@ -340,30 +341,13 @@ def test_save_on_exception_resumes_from_the_failed_step(uninterrupted, tmp_path)
     assert_bit_equal(final_state(model, trainer, counter), want)
 
 
-def rng_layout_before(include_torch: bool = True) -> dict[str, Any]:
-    """The RNG states as the callback captured them before it used `ckpt_core.rng`."""
-    version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-    return {
-        "python": {"version": version, "internal": torch.tensor(internal), "gauss": gauss},
-        "numpy": {
-            "kind": kind,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "torch": torch.get_rng_state(),
-    }
-
-
 @pytest.mark.parametrize("scenario", ["epoch_boundary", "mid_epoch_shuffled"])
 def test_checkpoints_with_the_rng_layout_of_before_resume_bit_exact(
     scenario, uninterrupted, tmp_path, monkeypatch
 ):
     """Steps written by the callback before (its own tensor layout of the RNG states)."""
     kind, options, crash_step, expected_resume = SCENARIOS[scenario]
-    monkeypatch.setattr(lightning_adapter, "global_rng_state", rng_layout_before)
+    monkeypatch.setattr(lightning_adapter, "global_rng_state", lightning_rng_layout_before)
     with pytest.raises(Crash):
         fit(tmp_path, kind, extra=[CrashAt(crash_step)], **options)
     monkeypatch.undo()

@@ -15,8 +15,6 @@ import pytest
 
 from .launch import ROOT, free_port
 
-pytest.importorskip("lightning")
-
 
 def fit_sharded(
     directory: Path,
