@@ -3,7 +3,7 @@
 For sharded torch states: DTensors of FSDP2 (`fully_shard`) and tensor parallelism, e.g. the
 model and optimizer state dicts of `torch.distributed.checkpoint.state_dict.get_state_dict`.
 In a `torch.distributed` job every process calls `save` with its own shards and writes them
-itself (`__<rank>_0.distcp`; rank 0 also DCP's `.metadata`). DCP reshards on load, so a
+itself (`__<rank>_<n>.distcp`; rank 0 also DCP's `.metadata`). DCP reshards on load, so a
 step restores onto another world size, also onto one process without a process group:
 `restore(like={"model": model.state_dict()})` loads what `like` asks for (DCP's convention)
 and skips the rest. The payload opens with DCP alone:
@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
 import pickle
 import re
 import threading
@@ -83,13 +84,8 @@ class DcpFormat:
     def write(self, state: Any, writer: StepWriter) -> None:
         dcp = _dcp()
         _check_restorable(state)
-        target = writer.local_dir() / PAYLOAD_DIR
         with _one_process_is_fine():
-            dcp.save(
-                state,
-                storage_writer=dcp.FileSystemWriter(target, sync_files=True),
-                process_group=self._save_group(),
-            )
+            dcp.save(state, storage_writer=_shard_writer(writer), process_group=self._save_group())
 
     def _save_group(self) -> Any:
         """A gloo group of all ranks for DCP's own exchanges, so a background save never
@@ -162,6 +158,64 @@ class DcpFormat:
             f"{PAYLOAD_DIR}/: shards written by {len(ranks)} process(es), ranks {sorted(ranks)}"
         )
         return TreeListing(entries, "DCP's .metadata", summary=summary)
+
+
+SHARD_THREADS = 2  # files per process, written at once: one serialises while the other writes
+
+
+def _shard_writer(writer: StepWriter) -> Any:
+    """DCP's `FileSystemWriter` for the step, its shard files (`*.distcp`) opened through
+    `writer.open`: written around the page cache (`O_DIRECT`), checksummed while written and
+    fsynced on close. DCP's own streams go through the page cache and would be read back to
+    be checksummed. The files' contents and names are DCP's own, so DCP reads the step.
+
+    Measured on 2 processes with 256 MiB each (benchmarks/RESULTS.md, multiprocess): about
+    3x the throughput of DCP's own writer here. `.metadata` (small) stays DCP's; the
+    step's seal fsyncs and checksums it."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.filesystem import FileSystem
+
+    class ShardFiles(FileSystem):
+        @contextlib.contextmanager
+        def create_stream(self, path: Any, mode: str) -> Iterator[Any]:
+            name = os.path.basename(path)
+            if mode != "wb" or not name.endswith(".distcp"):
+                with super().create_stream(path, mode) as stream:
+                    yield stream
+                return
+            with _Positioned(writer.open(f"{PAYLOAD_DIR}/{name}")) as stream:
+                yield stream
+
+    # sync_files=False: every file is fsynced by this project (on close, or by the seal).
+    storage = dcp.FileSystemWriter(
+        writer.local_dir() / PAYLOAD_DIR, sync_files=False, thread_count=SHARD_THREADS
+    )
+    storage.fs = ShardFiles()
+    return storage
+
+
+class _Positioned(io.RawIOBase):
+    """A write-only stream that knows its position (DCP records each tensor's offset)."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._position = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def write(self, data: Any) -> int:
+        n = self._raw.write(data)
+        self._position += n
+        return int(n)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
 
 
 def _cpu_copy(leaf: Any) -> Any:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from .launch import ROOT, free_port
+from .test_torch import SHARD_FILES
 
 
 def fit_sharded(
@@ -87,7 +88,7 @@ def test_sharded_run_saves_dcp_from_both_ranks_and_resumes_bit_for_bit(tmp_path,
     for step in run["steps"]:
         manifest = json.loads((resumed / f"step_{step:08d}" / "manifest.json").read_text())
         assert manifest["format"] == "dcp"
-        assert {"dcp/.metadata", "dcp/__0_0.distcp", "dcp/__1_0.distcp"} <= set(manifest["files"])
+        assert {"dcp/.metadata", *SHARD_FILES} <= set(manifest["files"])
     assert ckpt("verify", tmp_path / "straight")["intact"]
     assert ckpt("verify", resumed)["intact"]
     shown = ckpt("show", resumed, 24)
