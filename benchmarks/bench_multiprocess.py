@@ -70,6 +70,15 @@ def _timed(kind: str, name: str, fn: Any) -> float:
     return time.perf_counter() - began
 
 
+def _blocking(kind: str, name: str, fn: Any) -> float:
+    """How long `fn` holds up this process (not waiting for the others to finish theirs)."""
+    _barrier(kind, name)
+    time.sleep(SETTLE_S)
+    began = time.perf_counter()
+    fn()
+    return time.perf_counter() - began
+
+
 def torch_state(mb: int, count: int) -> dict[str, Any]:
     """8 float32 tensors of `mb` MiB together, sharded by rows over `count` processes."""
     import torch
@@ -96,12 +105,15 @@ def jax_state(mb: int) -> dict[str, Any]:
 
     rows = mb * (1 << 20) // 4 // ROWS // 8
     sharding = NamedSharding(Mesh(np.array(jax.devices()), ("x",)), P("x"))
-    return {
-        f"layer{i}": jax.make_array_from_callback(
-            (rows, ROWS), sharding, lambda idx: np.ones((rows, ROWS), np.float32)[idx]
+    # Random values: orbax compresses (zstd), and a constant array would write almost nothing.
+    rng = np.random.default_rng(0)
+    state = {}
+    for i in range(8):
+        whole = rng.standard_normal((rows, ROWS), dtype=np.float32)
+        state[f"layer{i}"] = jax.make_array_from_callback(
+            (rows, ROWS), sharding, lambda idx, whole=whole: whole[idx]
         )
-        for i in range(8)
-    }
+    return state
 
 
 def worker(kind: str, index: int, count: int, port: int, root: Path, mb: int, repeats: int) -> None:
@@ -166,37 +178,40 @@ def worker(kind: str, index: int, count: int, port: int, root: Path, mb: int, re
                     ckpt_s.append(c)
                     again_s.append(a)
         out.update(engine_save_s=engine_s, engine_again_s=again_s, ckpt_save_s=ckpt_s)
-    out["plain_copy_s"] = plain_copies(kind, state, repeats)
-    blocking = []
+    # Async: each round times a plain copy of the shards, then the save; both in each process.
+    copy = plain_copier(kind, state)
+    blocking, copies = [], []
     with CheckpointManager(
         fresh(f"{kind}-async-{count}"), format=fmt, async_save=True, max_to_keep=1
     ) as mgr:
         for r in range(repeats + 1):
             mgr.wait()
-            _barrier(kind, f"async{r}")
-            time.sleep(SETTLE_S)
-            began = time.perf_counter()
-            mgr.save(r, state, force=True)
+            c = _blocking(kind, f"copy{r}", copy) if copy is not None else 0.0
+            b = _blocking(kind, f"async{r}", lambda r=r: mgr.save(r, state, force=True))
             if r:
-                blocking.append(time.perf_counter() - began)
+                copies += [c] if copy is not None else []
+                blocking.append(b)
+    out["plain_copy_s"] = copies
     out["async_blocking_s"] = blocking
     if index == 0:
         print("RESULT " + json.dumps(out), flush=True)
 
 
-def plain_copies(kind: str, state: dict[str, Any], repeats: int) -> list[float]:
+def plain_copier(kind: str, state: dict[str, Any]) -> Any:
     """A plain copy of this process's own shards into buffers allocated beforehand (JAX:
-    nothing to copy, its arrays are immutable; [] there)."""
+    None, nothing to copy: its arrays are immutable)."""
     if kind != "torch":
-        return []
+        return None
     from torch.distributed.tensor import DTensor
 
     local = [v.to_local() if isinstance(v, DTensor) else v for v in state.values()]
     buffers = [t.clone() for t in local]
-    return [
-        _timed(kind, f"copy{r}", lambda: [b.copy_(t) for b, t in zip(buffers, local)])
-        for r in range(repeats)
-    ]
+
+    def copy() -> None:
+        for buffer, tensor in zip(buffers, local):
+            buffer.copy_(tensor)
+
+    return copy
 
 
 def restore_onto_one(root: Path, mb: int, repeats: int) -> list[float]:

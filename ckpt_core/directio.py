@@ -29,7 +29,8 @@ from typing import Any
 BUFFER_BYTES = 8 << 20  # one of the two buffers of an open file; a multiple of any block size
 _O_DIRECT = getattr(os, "O_DIRECT", 0)  # Linux; elsewhere every file is written buffered
 
-_IO = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-io")
+# Two workers: files written at once (the dcp format's two threads) each keep a write in flight.
+_IO = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckpt-io")
 # Idle buffers (page-aligned: from mmap), reused across files. A deque's append and pop are
 # atomic, so the pool needs no lock; beyond maxlen the oldest buffer is dropped and unmapped.
 _POOL: collections.deque[mmap.mmap] = collections.deque(maxlen=4)

@@ -18,6 +18,7 @@ a state holding something that cannot come back that way is refused at save.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 import os
@@ -72,8 +73,7 @@ class DcpFormat:
         self._save_group()  # made here, on the training thread: creating a group is collective
         leaves = [leaf for _, leaf in _tree.iter_leaves_lenient(state)]
         if all(leaf.device.type == "cpu" for leaf in leaves if _tree.is_torch_tensor(leaf)):
-            # Each process copies its own shards, into the buffers of the previous save.
-            return _tree.rebuild_like(state, lambda _, leaf: _cpu_copy(leaf))
+            return _HostSnapshot.take(state)
         # On accelerators: DCP's own staging (pinned buffers, reused) for its async_save.
         from torch.distributed.checkpoint.staging import BlockingAsyncStager
 
@@ -83,6 +83,8 @@ class DcpFormat:
 
     def write(self, state: Any, writer: StepWriter) -> None:
         dcp = _dcp()
+        if isinstance(state, _HostSnapshot):
+            state = state.state()
         _check_restorable(state)
         with _one_process_is_fine():
             dcp.save(state, storage_writer=_shard_writer(writer), process_group=self._save_group())
@@ -218,20 +220,43 @@ class _Positioned(io.RawIOBase):
         super().close()
 
 
-def _cpu_copy(leaf: Any) -> Any:
-    """`host_copy` of a CPU leaf; a DTensor's local shard is copied and wrapped again."""
-    from torch.distributed.tensor import DTensor
+@dataclasses.dataclass(frozen=True)
+class _HostSnapshot:
+    """An async save's copy of a CPU state: each process copies its own shards (into the
+    buffers of the previous save) on the training thread, and `state()` makes the copies of
+    DTensor shards DTensors again in the background: `DTensor.from_local` costs about 0.3 ms
+    a leaf here, which an FSDP2 model's and optimizer's hundreds of leaves would otherwise add
+    to the time the training loop waits."""
 
-    if not isinstance(leaf, DTensor):
-        return host_copy(leaf)
-    return DTensor.from_local(
-        host_copy(leaf.to_local()),
-        leaf.device_mesh,
-        leaf.placements,
-        run_check=False,
-        shape=leaf.shape,
-        stride=leaf.stride(),
-    )
+    tree: Any  # the state's structure, each DTensor replaced by a copy of its local shard
+    layouts: dict[_tree.Path, tuple[Any, ...]]  # each DTensor's mesh, placements, shape, stride
+
+    @classmethod
+    def take(cls, state: Any) -> _HostSnapshot:
+        from torch.distributed.tensor import DTensor
+
+        layouts: dict[_tree.Path, tuple[Any, ...]] = {}
+
+        def copy(path: _tree.Path, leaf: Any) -> Any:
+            if not isinstance(leaf, DTensor):
+                return host_copy(leaf)
+            layouts[path] = (leaf.device_mesh, leaf.placements, leaf.shape, leaf.stride())
+            return host_copy(leaf.to_local())
+
+        return cls(_tree.rebuild_like(state, copy), layouts)
+
+    def state(self) -> Any:
+        from torch.distributed.tensor import DTensor
+
+        def wrap(path: _tree.Path, leaf: Any) -> Any:
+            if path not in self.layouts:
+                return leaf
+            mesh, placements, shape, stride = self.layouts[path]
+            return DTensor.from_local(
+                leaf, mesh, placements, run_check=False, shape=shape, stride=stride
+            )
+
+        return _tree.rebuild_like(self.tree, wrap)
 
 
 @contextlib.contextmanager

@@ -1,5 +1,6 @@
-"""The `dcp` format in one process without a process group: round trip, partial `like`,
-mismatches, `ckpt show`'s listing, and a forged `.metadata` that must not run code."""
+"""The `dcp` format in one process: round trip, partial `like`, mismatches, `ckpt show`'s
+listing, a forged `.metadata` that must not run code, and an async save of DTensors (a
+process group of one)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pickle
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from ckpt_core import CheckpointManager, StructureMismatchError
 from ckpt_core.errors import CorruptCheckpointError
@@ -79,3 +81,30 @@ def test_describe_lists_every_leaf_without_loading(run_dir):
         listing = get_format("dcp").describe(mgr._reader(mgr._run.manifest(1)))  # type: ignore[attr-defined]
     kinds = {e.path: (e.kind, e.shape) for e in listing.entries}
     assert kinds["model/weight"] == ("torch", (3, 4)) and kinds["step"][0] == "object"
+
+
+@pytest.fixture
+def group_of_one(tmp_path):
+    """A gloo process group of one process, for DTensors; destroyed after the test."""
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1
+    )
+    yield
+    dist.destroy_process_group()
+
+
+def test_an_async_save_keeps_dtensors_as_they_were_when_save_returned(run_dir, group_of_one):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (1,))
+    weight = distribute_tensor(torch.arange(8.0).reshape(2, 4), mesh, [Shard(0)])
+    with CheckpointManager(run_dir, format="dcp", async_save=True) as mgr:
+        mgr.save(0, {"w": weight, "step": 0})
+        weight.to_local().add_(100)  # the next training step, while the save writes
+        mgr.wait()
+        back = mgr.restore(like={"w": torch.empty(2, 4), "step": 0})
+        into_dtensor = mgr.restore(like={"w": weight})["w"]
+    assert torch.equal(back["w"], torch.arange(8.0).reshape(2, 4)) and back["step"] == 0
+    assert isinstance(into_dtensor, DTensor) and into_dtensor.placements == (Shard(0),)
+    assert torch.equal(into_dtensor.full_tensor(), back["w"])
