@@ -168,12 +168,10 @@ SHARD_THREADS = 2  # files per process, written at once: one serialises while th
 def _shard_writer(writer: StepWriter) -> Any:
     """DCP's `FileSystemWriter` for the step, its shard files (`*.distcp`) opened through
     `writer.open`: written around the page cache (`O_DIRECT`), checksummed while written and
-    fsynced on close. DCP's own streams go through the page cache and would be read back to
-    be checksummed. The files' contents and names are DCP's own, so DCP reads the step.
-
-    Measured on 2 processes with 256 MiB each (benchmarks/RESULTS.md, multiprocess): about
-    3x the throughput of DCP's own writer here. `.metadata` (small) stays DCP's; the
-    step's seal fsyncs and checksums it."""
+    fsynced on close. DCP's own streams fill the page cache, and every byte would be read
+    back to be checksummed. The files' contents and names are DCP's own, so DCP reads the
+    step. `.metadata` (small) is written by DCP's stream; the step's seal fsyncs and
+    checksums it. Measured against DCP's own save: benchmarks/RESULTS.md, multiprocess."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.filesystem import FileSystem
 
