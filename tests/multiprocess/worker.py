@@ -354,8 +354,43 @@ def jax_restore(index: int, count: int, port: int, directory: str, args: dict[st
     report(step=step, ok=jax_check(state, step), placed=placed, devices=int(devices.size))
 
 
+def jax_store_keys(index: int, count: int, port: int, directory: str, args: dict[str, Any]) -> None:
+    """`torch_store_keys` for the jax.distributed client: orbax saves of a sharded state."""
+    jax = jax_start(index, count, port)
+    import numpy as np
+    from jax._src import distributed
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
+
+    from ckpt_core import CheckpointManager
+
+    client = distributed.global_state.client
+    mesh = Mesh(np.array(jax.devices()), ("x",))
+
+    def held(key: str) -> bool:
+        try:
+            client.key_value_try_get(key)
+        except Exception:  # NOT_FOUND
+            return False
+        return True
+
+    saves = range(1, args["last_step"] + 1)
+    with CheckpointManager(directory, format="orbax", **manager_options(args)) as mgr:
+        namespace = mgr._saver.meeting._namespace  # type: ignore[union-attr]
+        keys = {n: save_keys(namespace, n, count) for n in saves}
+        stale: dict[int, list[str]] = {}
+        for step in saves:
+            mgr.save(step, jax_state(jax, mesh, {"w": P("x"), "b": P()}, step))
+            stale[step] = [k for n in range(1, step - 1) for k in keys[n] if held(k)]
+    client.wait_at_barrier("ckpt_test_closed", 60_000)
+    left = [k for n in saves for k in [*keys[n], f"{namespace}/open/1/primary"] if held(k)]
+    client.wait_at_barrier("ckpt_test_looked", 60_000)
+    report(stale=stale, left=left, checked=sum(map(len, keys.values())))
+
+
 SCENARIOS = {
-    f.__name__: f for f in (torch_save, torch_restore, torch_store_keys, jax_save, jax_restore)
+    f.__name__: f
+    for f in (torch_save, torch_restore, torch_store_keys, jax_save, jax_restore, jax_store_keys)
 }
 
 
