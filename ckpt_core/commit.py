@@ -29,6 +29,7 @@ def write_step(
     incremental: bool = False,
     base: tuple[str, Manifest] | None = None,
     meeting: Meeting | None = None,
+    mark: int | None = None,
 ) -> Manifest:
     """Write `state` as the step directory `name` and commit it atomically.
 
@@ -40,7 +41,9 @@ def write_step(
     primary begins the step and the others join its staging area; each process writes (a
     format that is not `collective`, the primary alone) and checksums the files it wrote;
     the primary gathers every process's records, writes the manifest and commits; the others
-    return the primary's manifest once it is committed.
+    return the primary's manifest once it is committed. Having gathered them, the primary
+    deletes the keys shared before this save (every process has read them): before `mark`
+    (`meeting.mark()` taken where save was called, for a save written in the background).
 
     On any failure everything this write produced is removed and the error is raised (a full
     disk as `DiskFullError`); the directory is as it was, earlier steps untouched.
@@ -48,6 +51,8 @@ def write_step(
     writer = None
     topic = meeting.topic("save") if meeting is not None else ""
     primary = meeting is None or meeting.group.is_primary
+    if meeting is not None and mark is None:
+        mark = meeting.mark()
     try:
         token = None  # the primary's: every process writes into its temporary location
         if meeting is not None and not primary:
@@ -69,6 +74,8 @@ def write_step(
             fmt.write(state, writer)
         sealed = writer.seal(_written_here(fmt, meeting))
         files = sealed if meeting is None else _gather_records(meeting, topic, sealed, step)
+        if meeting is not None and files is not None and mark is not None:
+            meeting.release(mark)  # every process returned from the saves before this one
         if files is None:  # not the primary: it commits, this process waits for it
             assert meeting is not None
             committed = meeting.share(

@@ -291,12 +291,12 @@ class CheckpointManager:
         manifest = self._run.manifest(self._resolve_step(step))
         return get_format(manifest.format).read(self._reader(manifest, lazy), like)
 
-    def _reader(self, manifest: Manifest, lazy: bool = False) -> StepReader:
-        return self._run.reader(manifest, allow_pickle=self._allow_pickle, lazy=lazy)
+    def _reader(self, manifest: Manifest, lazy: bool = False) -> StepReader:  # verified together
+        return self._run.reader(manifest, self._saver.meeting, self._allow_pickle, lazy=lazy)
 
     def verify(self, step: StepSpec = None) -> None:
         """Check every file of `step` against its manifest; raises CorruptCheckpointError."""
-        self._reader(self._run.manifest(self._resolve_step(step))).verify_all()
+        self._run.reader(self._run.manifest(self._resolve_step(step))).verify_all()
 
     def _resolve_step(self, step: StepSpec) -> int:
         with self._mutex:
@@ -373,7 +373,7 @@ class CheckpointManager:
         preserves damage silently (CorruptCheckpointError names the file).
         """
         self.wait()
-        readers = [self._reader(self._run.manifest(step)) for step in self.all_steps()]
+        readers = [self._run.reader(self._run.manifest(step)) for step in self.all_steps()]
         return _zip_steps(self._storage, readers, Path(path))
 
     def clear(self) -> None:
@@ -418,7 +418,7 @@ class CheckpointManager:
         if self._closed:
             return
         try:
-            self.wait()
+            self._saver.close()  # and the other processes' keys go once all of them closed
         finally:
             self._closed = True
             self._release()

@@ -17,6 +17,15 @@ A format takes part through two optional attributes (`dcp` and `orbax` have both
 shards (otherwise the state is taken as replicated and the primary alone writes it), and
 `process_of(name) -> int`, the process that wrote a payload file (it checksums that file;
 the primary by default). The save protocol itself is `commit.write_step`.
+
+The store lives in process 0's memory for the whole job, so a meeting's keys are deleted once
+no process can still read them (best effort: a failed delete never fails a save). A key that
+only the primary reads (a process's share of a gather) goes as soon as it is read. A key the
+primary publishes for everyone (`share`) goes at the primary's next gather that starts after
+it: `mark()` before, `release(mark)` after. A process that publishes to a gather has read
+everything the primary shared before the gather began, as the processes make their calls in
+the same order and a manager's save or restore waits for the save in flight. The keys the last
+meeting leaves are deleted by `leave()`, the manager's `close()`, once every process closed.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,6 +46,7 @@ from .errors import ProcessGroupError
 
 PRIMARY = 0
 DEFAULT_TIMEOUT_SECS = 300.0
+LEAVE_SECS = 10.0  # how long a closing primary waits for the others to close
 _POLL_SECS = 0.05
 
 
@@ -49,6 +60,9 @@ class KeyValueStore(Protocol):
 
     def get(self, key: str, timeout: float) -> str | None:
         """The value of `key`, waiting up to `timeout` seconds for it; None if it never came."""
+
+    def delete(self, key: str) -> None:
+        """Remove `key` (absent: nothing happens)."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +131,9 @@ class _JaxStore:
                 return None
             raise _store_failed(self.name, e) from e
 
+    def delete(self, key: str) -> None:
+        self._client.key_value_delete(key)
+
 
 class _TorchStore:
     name = "torch.distributed"
@@ -135,6 +152,9 @@ class _TorchStore:
             if "timeout" in str(e).lower() and "connect" not in str(e).lower():
                 return None
             raise _store_failed(self.name, e) from e
+
+    def delete(self, key: str) -> None:
+        self._store.delete_key(key)
 
 
 def _store_failed(name: str, e: BaseException) -> ProcessGroupError:
@@ -169,6 +189,15 @@ class InMemoryStore:
                 self._changed.wait(min(left, _POLL_SECS * 20))
             return self._values[key]
 
+    def delete(self, key: str) -> None:
+        with self._changed:
+            self._values.pop(key, None)
+
+    def held(self) -> list[str]:
+        """Every key held now (for tests: the store must not grow with every save)."""
+        with self._changed:
+            return sorted(self._values)
+
 
 def decided_by(meeting: Meeting | None, due: bool, step: int) -> bool:
     """Whether to save `step`: `due` here, or as the primary of `meeting` decided. A manager
@@ -178,6 +207,18 @@ def decided_by(meeting: Meeting | None, due: bool, step: int) -> bool:
         return due
     topic, what = meeting.topic("due"), f"in deciding whether to save step {step}"
     return bool(meeting.share(topic, due, what=what, hint="call save() in every process."))
+
+
+def split(sizes: Mapping[str, int], count: int) -> dict[str, int]:
+    """Which of `count` processes takes each named item of work: the same answer in every
+    process, the sizes balanced (largest first, each to the least loaded process)."""
+    load = [0] * count
+    out: dict[str, int] = {}
+    for name in sorted(sizes, key=lambda n: (-sizes[n], n)):
+        index = min(range(count), key=lambda i: (load[i], i))
+        out[name] = index
+        load[index] += max(sizes[name], 1)
+    return out
 
 
 # ---------------------------------------------------------------- meeting the others
@@ -203,7 +244,10 @@ class Meeting:
             _OPENED[opened] += 1
             self._namespace = f"ckpt_core/{digest}/{_OPENED[opened]}"
         self._topics: Counter[str] = Counter()
-        self._topics_lock = threading.Lock()
+        self._topics_lock = threading.Lock()  # also over the keys below
+        self._shared: list[str] = []  # the primary's shared keys not yet deleted, oldest first
+        self._released = 0  # how many shared keys were deleted before them
+        self._broken = False  # a meeting failed: the others may never come again
 
     def topic(self, name: str) -> str:
         """A fresh key prefix for one meeting; call it in the same order in every process."""
@@ -221,6 +265,7 @@ class Meeting:
         key = f"{topic}/primary"
         if self.group.is_primary:
             self.group.store.set(key, json.dumps({"value": value}))
+            self._published(key)
             return value
         # The primary itself may wait up to the timeout for the others first.
         message = self._get(key, 2 * self.timeout, what)
@@ -230,27 +275,34 @@ class Meeting:
 
     def fail(self, topic: str, error: BaseException) -> None:
         """Tell the others that this process failed at meeting `topic` (best effort)."""
+        self._broken = True
         key = f"{topic}/primary" if self.group.is_primary else f"{topic}/{self.group.index}"
         try:
             self.group.store.set(
                 key, json.dumps({"error": f"{error}", "type": type(error).__name__})
             )
         except Exception:  # the store itself is gone: the others time out instead
-            pass
+            return
+        if self.group.is_primary:
+            self._published(key)
 
-    def gather(self, topic: str, value: Any, *, what: str, hint: str) -> list[Any] | None:
+    def gather(
+        self, topic: str, value: Any, *, what: str, hint: str, timeout: float | None = None
+    ) -> list[Any] | None:
         """Every process's `value`, in process order, in the primary; None elsewhere.
 
         Raises:
             ProcessGroupError: in the primary, when processes did not publish within the
-                timeout (all of them are named) or one published an error.
+                timeout (the manager's, unless `timeout`; all of them are named) or one
+                published an error.
         """
         group = self.group
         if not group.is_primary:
             group.store.set(f"{topic}/{group.index}", json.dumps({"value": value}))
             return None
+        waited = self.timeout if timeout is None else timeout
         values: list[Any] = [value]
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + waited
         for index in range(1, group.count):
             left = max(0.0, deadline - time.monotonic())
             message = self._get(f"{topic}/{index}", left, what)
@@ -260,14 +312,74 @@ class Meeting:
                     for i in range(index, group.count)
                     if self._get(f"{topic}/{i}", _POLL_SECS, what) is None
                 ]
-                raise self._absent(missing, self.timeout, what, hint)
+                raise self._absent(missing, waited, what, hint)
+            self._delete(f"{topic}/{index}")  # read once, by the primary alone
             values.append(self._unpack(message, index, what))
         return values
+
+    def pool(self, name: str, compute: Callable[[], Any], *, what: str, hint: str) -> list[Any]:
+        """Every process's `compute()`, in process order, in every process: a gather, then a
+        share of what was gathered. A process whose `compute` raises makes every other one
+        raise too (its error type kept for a CheckpointError, else ProcessGroupError).
+
+        Raises:
+            ProcessGroupError: a process did not come within the timeout, or failed.
+        """
+        topic, mark = self.topic(name), self.mark()
+        primary = self.group.is_primary
+        try:
+            gathered = self.gather(f"{topic}/each", compute(), what=what, hint=hint)
+        except BaseException as e:
+            self.fail(f"{topic}/all" if primary else f"{topic}/each", e)
+            raise
+        if primary:
+            self.release(mark)
+        return list(self.share(f"{topic}/all", gathered, what=what, hint=hint))
+
+    def mark(self) -> int:
+        """The position after the keys shared so far, for `release` (primary)."""
+        with self._topics_lock:
+            return self._released + len(self._shared)
+
+    def release(self, mark: int) -> None:
+        """Delete the keys shared before `mark`: call it when every process has come to a
+        gather that began after `mark`, so that each has read them (primary; best effort)."""
+        with self._topics_lock:
+            count = max(0, mark - self._released)
+            keys, self._shared = self._shared[:count], self._shared[count:]
+            self._released += count
+        for key in keys:
+            self._delete(key)
+
+    def leave(self) -> None:
+        """At the manager's close: once every process closed, delete the keys the last
+        meetings left. Waits at most LEAVE_SECS for the others; never raises (a process that
+        does not come leaves a few keys behind, not an error)."""
+        if self._broken:  # the others failed or are gone: keys are the least of the problems
+            return
+        try:
+            mark, topic = self.mark(), self.topic("close")
+            wait = min(self.timeout, LEAVE_SECS)
+            if self.gather(topic, None, what="in closing", hint="", timeout=wait) is not None:
+                self.release(mark)
+        except Exception:
+            pass
+
+    def _published(self, key: str) -> None:
+        with self._topics_lock:
+            self._shared.append(key)
+
+    def _delete(self, key: str) -> None:
+        try:
+            self.group.store.delete(key)
+        except Exception:  # best effort: the key only costs memory
+            pass
 
     def _get(self, key: str, timeout: float, what: str) -> str | None:
         try:
             return self.group.store.get(key, timeout)
         except ProcessGroupError as e:  # the store itself failed: say where this process was
+            self._broken = True
             group = self.group
             raise ProcessGroupError(
                 f"process {group.index} of {group.count} lost the others {what}: {e}"
@@ -277,6 +389,7 @@ class Meeting:
         doc = json.loads(message)
         if "error" not in doc:
             return doc["value"]
+        self._broken = True
         kind = getattr(errors, doc.get("type", ""), None)
         text = f"process {index} of {self.group.count} failed {what}: {doc['error']}"
         if isinstance(kind, type) and issubclass(kind, errors.CheckpointError):
@@ -284,6 +397,7 @@ class Meeting:
         raise ProcessGroupError(text)
 
     def _absent(self, missing: list[int], waited: float, what: str, hint: str) -> ProcessGroupError:
+        self._broken = True
         names = ", ".join(map(str, missing))
         plural = "es" if len(missing) > 1 else ""
         return ProcessGroupError(

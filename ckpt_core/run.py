@@ -42,6 +42,7 @@ from .info import CheckpointInfo
 from .lock import Lock
 from .manifest import Manifest
 from .options import OnExisting, describe
+from .processes import Meeting
 from .retention import KEEP_REASONS, RetentionPolicy, StepFiles
 from .run_doc import RunDocument, ranking_unknown, read_run_doc_checked, recorded_policy
 from .storage import Storage, new_token, open_storage, step_files
@@ -307,11 +308,17 @@ class Run:
         return read_manifest(self.storage, layout.step_dirname(step))
 
     def reader(
-        self, manifest: Manifest, *, allow_pickle: bool = False, lazy: bool = False
+        self,
+        manifest: Manifest,
+        meeting: Meeting | None = None,
+        allow_pickle: bool = False,
+        *,
+        lazy: bool = False,
     ) -> StepReader:
-        """Verified read access to the payload of the committed step `manifest` describes."""
+        """Verified read access to the payload of the committed step `manifest` describes;
+        with `meeting`, its processes verify it together (`StepReader.verify_all`)."""
         name = layout.step_dirname(manifest.step)
-        return StepReader(self.storage, name, manifest, allow_pickle=allow_pickle, lazy=lazy)
+        return StepReader(self.storage, name, manifest, allow_pickle, lazy, meeting)
 
     def payload_path(self, step: int) -> Path | str:
         """The main payload file of `step` (`state.pt` for the torch format), for other tools."""

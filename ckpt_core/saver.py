@@ -43,7 +43,7 @@ class Saver:
         incremental: bool,
     ) -> None:
         self._run = run
-        self._meeting = meeting
+        self.meeting = meeting
         self._mutex = mutex
         self._async = async_save
         self._incremental = incremental
@@ -68,14 +68,16 @@ class Saver:
         """
         if self._async:
             self.wait()
+        # The meeting keys shared so far, read by every process before it joins this save.
+        mark = None if self.meeting is None else self.meeting.mark()
         if not (self._async and background):
-            self._write(step, fmt, state, metrics, metadata)
+            self._write(step, fmt, state, metrics, metadata, mark)
             return
         with self._buffers.reuse():
             snapshot = fmt.snapshot(state)
         thread = threading.Thread(
             target=self._write_in_background,
-            args=(step, fmt, snapshot, metrics, metadata),
+            args=(step, fmt, snapshot, metrics, metadata, mark),
             name=f"ckpt-save-{step}",
             daemon=False,  # the interpreter waits for it at exit: a last save is never lost
         )
@@ -106,8 +108,20 @@ class Saver:
             e.add_note(f"ckpt_core: raised by the background save of step {step}")
             self.error = e
 
+    def close(self) -> None:
+        """`wait`, then delete the meeting keys once every process closed (`Meeting.leave`)."""
+        self.wait()
+        if self.meeting is not None:
+            self.meeting.leave()
+
     def _write(
-        self, step: int, fmt: Format, state: Any, metrics: dict[str, float], metadata: Any
+        self,
+        step: int,
+        fmt: Format,
+        state: Any,
+        metrics: dict[str, float],
+        metadata: Any,
+        mark: int | None = None,
     ) -> None:
         manifest = write_step(
             self._run.storage,
@@ -119,7 +133,8 @@ class Saver:
             metadata=metadata,
             incremental=self._incremental,
             base=self._incremental_base(),
-            meeting=self._meeting,
+            meeting=self.meeting,
+            mark=mark,
         )
         try:
             with self._mutex:

@@ -10,18 +10,24 @@ from typing import Any
 
 from ..errors import CheckpointError, CorruptCheckpointError
 from ..manifest import Manifest
+from ..processes import Meeting, split
 from ..storage import Storage, VerifyingReader, check_record
 
 
 @dataclass
 class StepReader:
-    """Verified read access to the payload of one committed step."""
+    """Verified read access to the payload of one committed step.
+
+    With `meeting` (a restore in a multi-process job, which every process makes), the
+    processes share the work of `verify_all`.
+    """
 
     storage: Storage
     step_dir: str
     manifest: Manifest
     allow_pickle: bool = False
     lazy: bool = False
+    meeting: Meeting | None = None
 
     def rel(self, name: str) -> str:
         """`name`'s path relative to the run directory."""
@@ -61,8 +67,45 @@ class StepReader:
         check_record(self.display(name), found, expected)
 
     def verify_all(self) -> None:
-        for name in sorted(self.manifest.files):
-            self.verify(name)
+        """Check every file; with `meeting`, each process checks its share (the sizes
+        balanced) and they meet, so that a damaged file anywhere fails every process.
+
+        Raises:
+            CorruptCheckpointError: a file is missing or damaged; the message names it.
+            ProcessGroupError: a process did not come to the meeting, or failed otherwise.
+        """
+        if self.meeting is None or self.meeting.group.count == 1:
+            for name in sorted(self.manifest.files):
+                self.verify(name)
+            return
+        meeting = self.meeting
+        sizes = {name: record.size for name, record in self.manifest.files.items()}
+        share = split(sizes, meeting.group.count)
+        mine = sorted(name for name, index in share.items() if index == meeting.group.index)
+
+        def damaged_here() -> dict[str, list[Any]]:
+            found: dict[str, list[Any]] = {}
+            for name in mine:
+                try:
+                    self.verify(name)
+                except CorruptCheckpointError as e:
+                    found[name] = [str(e), e.path]
+            return found
+
+        step = self.manifest.step
+        verdicts = meeting.pool(
+            "verify",
+            damaged_here,
+            what=f"in verifying step {step}",
+            hint="every process must restore the same step together (restore is collective).",
+        )
+        damaged = {name: found for verdict in verdicts for name, found in verdict.items()}
+        if damaged:
+            first, *others = sorted(damaged)
+            message, path = damaged[first]
+            if others:
+                message += f" (also damaged: {', '.join(map(self.display, others))})"
+            raise CorruptCheckpointError(message, path=path)
 
     def local_path(self, name: str) -> Path | None:
         return self.storage.local_path(self.rel(name))

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from ckpt_core import CheckpointError, CheckpointLockedError, CheckpointManager
-from ckpt_core.errors import ProcessGroupError
+from ckpt_core.errors import CorruptCheckpointError, ProcessGroupError
 from ckpt_core.processes import InMemoryStore, Meeting, ProcessGroup, detect
 
 
-def meetings(count: int, timeout: float = 2.0) -> list[Meeting]:
+def meetings(count: int, timeout: float = 2.0, directory: str = "/run") -> list[Meeting]:
     store = InMemoryStore()
-    return [Meeting(ProcessGroup(i, count, store), "/run", timeout) for i in range(count)]
+    return [Meeting(ProcessGroup(i, count, store), directory, timeout) for i in range(count)]
 
 
 def in_threads(fns: list[Any]) -> list[Any]:
@@ -125,3 +125,168 @@ def test_a_second_job_on_the_directory_is_locked_out_in_every_process(tmp_path, 
     assert all(isinstance(e, CheckpointLockedError) for e in got), got
     assert "process 0 of 2 failed in opening" in str(got[1])
     assert time.monotonic() - began < 5
+
+
+# ---------------------------------------------------------------- the store's keys are deleted
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"async_save": True, "save_interval_secs": 3600.0}],  # the second decides through "due"
+    ids=["sync", "async-clock"],
+)
+def test_the_store_holds_a_bounded_number_of_keys_over_many_saves(tmp_path, monkeypatch, options):
+    store = InMemoryStore()
+    count = 3
+    groups = [ProcessGroup(i, count, store) for i in range(count)]
+    local = threading.local()
+    monkeypatch.setattr("ckpt_core.manager.detect", lambda: local.group)
+    held: list[int] = []  # the number of keys after each save, seen by the primary
+    stale: list[str] = []  # keys of save N still there once the primary returned from N+2
+
+    def process(i: int) -> Any:
+        local.group = groups[i]
+        with CheckpointManager(tmp_path / "run", max_to_keep=2, **options) as mgr:
+            for step in range(1, 21):
+                mgr.save(step, {"w": np.full(3, step)})
+                if i == 0:
+                    mgr.wait()
+                    keys = store.held()
+                    held.append(len(keys))
+                    stale.extend(k for k in keys if f"/save/{step - 2}/" in k)
+            mgr.wait()
+            return mgr.all_steps()
+
+    got = in_threads([lambda i=i: process(i) for i in range(count)])
+    assert got == [[19, 20]] * count
+    assert not stale
+    assert max(held) <= 2 + count, held  # one save's shared keys, and others' arriving early
+    assert store.held() == []  # close(): the last save's keys too, once every process closed
+
+
+def test_close_leaves_the_keys_when_another_process_never_closes(tmp_path, monkeypatch):
+    store = InMemoryStore()
+    groups = [ProcessGroup(i, 2, store) for i in range(2)]
+    local = threading.local()
+    monkeypatch.setattr("ckpt_core.manager.detect", lambda: local.group)
+    monkeypatch.setattr("ckpt_core.processes.LEAVE_SECS", 0.2)
+    closing = threading.Event()
+
+    def process(i: int) -> Any:
+        local.group = groups[i]
+        mgr = CheckpointManager(tmp_path / "run")
+        mgr.save(1, {"w": np.zeros(3)})
+        if i == 0:
+            began = time.monotonic()
+            mgr.close()  # does not raise, waits about LEAVE_SECS
+            closing.set()
+            return time.monotonic() - began
+        closing.wait(10)  # process 1 never closes its manager
+        return None
+
+    got = in_threads([lambda: process(0), lambda: process(1)])
+    assert 0.1 < got[0] < 5
+    assert any("/save/1/commit/" in k for k in store.held())  # still readable by process 1
+
+
+# ---------------------------------------------------------------- restore verified together
+
+
+class CountingStorage:
+    """A storage whose `hash_file` calls are counted (the files one process checksums)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.hashed: list[str] = []
+
+    def hash_file(self, rel: str) -> Any:
+        self.hashed.append(rel.rsplit("/", 1)[-1])
+        return self._inner.hash_file(rel)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def step_of_files(tmp_path: Any, sizes: dict[str, int]) -> tuple[Any, Any]:
+    from ckpt_core.manifest import Manifest
+    from ckpt_core.storage import open_storage
+
+    storage = open_storage(tmp_path, None)
+    (tmp_path / "step_00000001").mkdir()
+    for name, size in sizes.items():
+        (tmp_path / "step_00000001" / name).write_bytes(bytes(range(256)) * (size // 256))
+    records = {name: storage.hash_file(f"step_00000001/{name}") for name in sizes}
+    return storage, Manifest(step=1, format="dcp", files=records)
+
+
+def verify_in_threads(
+    storage: Any, manifest: Any, count: int, counting: type[CountingStorage] = CountingStorage
+) -> tuple[list[Any], list[Any]]:
+    from ckpt_core.formats import StepReader
+
+    counted = [counting(storage) for _ in range(count)]
+    readers = [
+        StepReader(counted[m.group.index], "step_00000001", manifest, meeting=m)
+        for m in meetings(count, directory=storage.root)
+    ]
+    return in_threads([r.verify_all for r in readers]), [c.hashed for c in counted]
+
+
+def test_each_process_verifies_its_share_of_a_restored_step(tmp_path):
+    sizes = {f"__{i}_0.distcp": 256 * (8 - i) for i in range(6)} | {".metadata": 256}
+    storage, manifest = step_of_files(tmp_path, sizes)
+    got, hashed = verify_in_threads(storage, manifest, 3)
+    assert got == [None, None, None]
+    assert sorted(n for names in hashed for n in names) == sorted(sizes)  # each file once
+    loads = [sum(sizes[n] for n in names) for names in hashed]
+    assert max(loads) - min(loads) <= 256 * 3, loads  # the bytes shared out evenly
+
+
+@pytest.mark.parametrize("damaged", ["__0_0.distcp", ".metadata", "__5_0.distcp"])
+def test_a_damaged_file_fails_every_process_naming_it(tmp_path, damaged):
+    sizes = {f"__{i}_0.distcp": 256 * (8 - i) for i in range(6)} | {".metadata": 256}
+    storage, manifest = step_of_files(tmp_path, sizes)
+    path = tmp_path / "step_00000001" / damaged
+    path.write_bytes(b"\xff" + path.read_bytes()[1:])  # same size, another checksum
+    got, hashed = verify_in_threads(storage, manifest, 3)
+    assert sum(damaged in names for names in hashed) == 1  # one process found it
+    for error in got:
+        assert isinstance(error, CorruptCheckpointError), got
+        assert damaged in str(error) and "checksum" in str(error)
+        assert error.path is not None and error.path.endswith(f"step_00000001/{damaged}")
+
+
+def test_a_missing_file_fails_every_process_naming_it(tmp_path):
+    sizes = {f"__{i}_0.distcp": 256 for i in range(4)}
+    storage, manifest = step_of_files(tmp_path, sizes)
+    (tmp_path / "step_00000001" / "__3_0.distcp").unlink()
+    got, _ = verify_in_threads(storage, manifest, 2)
+    for error in got:
+        assert isinstance(error, CorruptCheckpointError), got
+        assert "__3_0.distcp is listed in the manifest but missing" in str(error)
+
+
+def test_a_process_failing_otherwise_in_verifying_fails_the_others_at_once(tmp_path):
+    sizes = {f"__{i}_0.distcp": 256 for i in range(4)}
+    storage, manifest = step_of_files(tmp_path, sizes)
+
+    made: list[CountingStorage] = []
+
+    class Unreadable(CountingStorage):  # the storage of process 1 cannot be read
+        def __init__(self, inner: Any) -> None:
+            super().__init__(inner)
+            made.append(self)
+
+        def hash_file(self, rel: str) -> Any:
+            if self is made[1]:
+                raise PermissionError(f"[Errno 13] Permission denied: {rel!r}")
+            return super().hash_file(rel)
+
+    began = time.monotonic()
+    got, _ = verify_in_threads(storage, manifest, 3, Unreadable)
+    assert time.monotonic() - began < 1.5  # not the 2 s timeout
+    assert isinstance(got[1], PermissionError)
+    for error in (got[0], got[2]):
+        assert isinstance(error, ProcessGroupError), got
+        assert "process 1 of 3 failed in verifying step 1" in str(error)
+        assert "Permission denied" in str(error)

@@ -9,6 +9,7 @@ import pytest
 
 from ckpt_core import CheckpointManager
 from ckpt_core.formats.dcp import SHARD_THREADS
+from ckpt_core.processes import split
 
 from .launch import launch, succeeded
 
@@ -80,6 +81,39 @@ def test_a_process_killed_mid_save_leaves_no_step_and_the_relaunch_resumes(tmp_p
     relaunched = succeeded(launch("torch_save", run, last_step=3, options=options))
     assert [r["first"] for r in relaunched] == [2, 2]
     assert relaunched[0]["steps"] == relaunched[1]["steps"] == [1, 2, 3]
+
+
+def test_the_store_holds_no_key_of_a_save_two_saves_later_nor_after_close(tmp_path):
+    saved = succeeded(launch("torch_store_keys", tmp_path / "run", last_step=4))
+    for result in saved:
+        assert result["checked"] == 4 * 3  # begin, process 1's files, commit: per save
+        assert result["stale"] == {str(step): [] for step in range(1, 5)}
+        assert result["left"] == []
+
+
+def test_a_damaged_shard_fails_the_restore_in_every_process_naming_it(tmp_path):
+    """Each process checksums a share of the files; the verdicts are pooled."""
+    run = tmp_path / "run"
+    succeeded(launch("torch_save", run, last_step=2))
+    manifest = json.loads((run / "step_00000001" / "manifest.json").read_text())
+    sizes = {name: record["size"] for name, record in manifest["files"].items()}
+    # A shard only process 1 checksums: process 0 learns of it at the meeting.
+    damaged = next(name for name, i in split(sizes, 2).items() if i == 1 and "distcp" in name)
+    path = run / "step_00000001" / damaged
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+    began = time.monotonic()
+    restored = launch(
+        "torch_restore", run, step=1, writer=True, options={"barrier_timeout_secs": 60}
+    )
+    for outcome in restored:
+        result = outcome.result
+        assert result.get("type") == "CorruptCheckpointError", outcome.output[-4000:]
+        assert damaged in result["error"] and "checksum" in result["error"]
+        assert result["path"] == str(path)
+    assert time.monotonic() - began < 40  # at once, not at the timeout
 
 
 @pytest.mark.slow

@@ -154,21 +154,28 @@ def _die_in_save(index: int, rank: int, step: int, when: str) -> None:
 
 
 def torch_restore(index: int, count: int, port: int, directory: str, args: dict[str, Any]) -> None:
-    """Restore the latest step into a model sharded over `count` processes (1: no process
-    group, a plain model) built from another seed; report its whole state."""
+    """Restore step `step` (default: the latest) into a model sharded over `count` processes
+    (1: no process group, a plain model) built from another seed; report its whole state.
+    With `writer`, through the job's writing manager (whose processes verify together)."""
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    from ckpt_core import CheckpointManager
+    from ckpt_core import CheckpointManager, CorruptCheckpointError
 
     torch_start(index, count, port)
     model, opt = torch_model(seed=1, count=count)
     torch_train(model, opt, step=0)  # Adam's state exists only after a step
-    with CheckpointManager(directory, read_only=True, **manager_options(args)) as mgr:
-        msd, osd = get_state_dict(model, opt)
-        restored = mgr.restore(
-            like={"model": msd, "optim": osd} if args.get("optim") else {"model": msd}
-        )
-        model_only = mgr.restore(like={"model": model.state_dict()})["model"]
+    opened = {"on_existing": "resume"} if args.get("writer") else {"read_only": True}
+    step = args.get("step")
+    try:
+        with CheckpointManager(directory, **opened, **manager_options(args)) as mgr:
+            msd, osd = get_state_dict(model, opt)
+            restored = mgr.restore(
+                step, like={"model": msd, "optim": osd} if args.get("optim") else {"model": msd}
+            )
+            model_only = mgr.restore(step, like={"model": model.state_dict()})["model"]
+    except CorruptCheckpointError as e:
+        report(error=str(e), type=type(e).__name__, path=e.path)
+        os._exit(0)
     set_state_dict(model, opt, model_state_dict=restored["model"],
                    optim_state_dict=restored.get("optim", osd))  # fmt: skip
     full = torch_full_state(model, opt)
@@ -183,6 +190,41 @@ def torch_restore(index: int, count: int, port: int, directory: str, args: dict[
         for k, v in full["model"].items()
     )
     report(fingerprint=torch_fingerprint(full), model_only_matches=same)
+
+
+def torch_store_keys(
+    index: int, count: int, port: int, directory: str, args: dict[str, Any]
+) -> None:
+    """Save steps; after each save N, report which keys of saves before N - 1 the c10d store
+    still holds, and after close (and a barrier) which of all the saves' keys it holds."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    from ckpt_core import CheckpointManager
+
+    torch_start(index, count, port)
+    model, opt = torch_model(seed=0, count=count)
+    store = dist.distributed_c10d._get_default_store()
+    saves = range(1, args["last_step"] + 1)
+    with CheckpointManager(directory, format="dcp", **manager_options(args)) as mgr:
+        namespace = mgr._saver.meeting._namespace  # type: ignore[union-attr]
+        keys = {n: save_keys(namespace, n, count) for n in saves}
+        stale: dict[int, list[str]] = {}
+        for step in saves:
+            msd, osd = get_state_dict(model, opt)
+            mgr.save(step, {"model": msd, "optim": osd, "step": step})
+            stale[step] = [k for n in range(1, step - 1) for k in keys[n] if store.check([k])]
+    dist.barrier()  # every process closed: the primary deleted the rest before its barrier
+    left = [k for n in saves for k in [*keys[n], f"{namespace}/open/1/primary"] if store.check([k])]
+    dist.barrier()  # process 0 hosts the store: it stays until every process has looked
+    report(stale=stale, left=left, checked=sum(map(len, keys.values())))
+
+
+def save_keys(namespace: str, n: int, count: int) -> list[str]:
+    """The keys the n-th save of a manager publishes (see `commit.write_step`)."""
+    topic = f"{namespace}/save/{n}"
+    files = [f"{topic}/files/{i}" for i in range(1, count)]
+    return [f"{topic}/begin/primary", *files, f"{topic}/commit/primary"]
 
 
 # ---------------------------------------------------------------- JAX
@@ -312,7 +354,44 @@ def jax_restore(index: int, count: int, port: int, directory: str, args: dict[st
     report(step=step, ok=jax_check(state, step), placed=placed, devices=int(devices.size))
 
 
-SCENARIOS = {f.__name__: f for f in (torch_save, torch_restore, jax_save, jax_restore)}
+def jax_store_keys(index: int, count: int, port: int, directory: str, args: dict[str, Any]) -> None:
+    """`torch_store_keys` for the jax.distributed client: orbax saves of a sharded state."""
+    jax = jax_start(index, count, port)
+    import numpy as np
+    from jax._src import distributed
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
+
+    from ckpt_core import CheckpointManager
+
+    client = distributed.global_state.client
+    mesh = Mesh(np.array(jax.devices()), ("x",))
+
+    def held(key: str) -> bool:
+        try:
+            client.key_value_try_get(key)
+        except Exception:  # NOT_FOUND
+            return False
+        return True
+
+    saves = range(1, args["last_step"] + 1)
+    with CheckpointManager(directory, format="orbax", **manager_options(args)) as mgr:
+        namespace = mgr._saver.meeting._namespace  # type: ignore[union-attr]
+        keys = {n: save_keys(namespace, n, count) for n in saves}
+        stale: dict[int, list[str]] = {}
+        for step in saves:
+            mgr.save(step, jax_state(jax, mesh, {"w": P("x"), "b": P()}, step))
+            stale[step] = [k for n in range(1, step - 1) for k in keys[n] if held(k)]
+    client.wait_at_barrier("ckpt_test_closed", 60_000)
+    left = [k for n in saves for k in [*keys[n], f"{namespace}/open/1/primary"] if held(k)]
+    client.wait_at_barrier("ckpt_test_looked", 60_000)
+    report(stale=stale, left=left, checked=sum(map(len, keys.values())))
+
+
+SCENARIOS = {
+    f.__name__: f
+    for f in (torch_save, torch_restore, torch_store_keys, jax_save, jax_restore, jax_store_keys)
+}
 
 
 def main() -> None:
