@@ -14,7 +14,8 @@ JAX: jax.distributed, a 4-device mesh, 2 CPU devices per process):
 - restoring the latest step onto one process without a process group.
 
 Every writer works alike: each save goes into a new directory and the previous one is
-deleted, untimed for the engine and by retention (`max_to_keep=1`) for the manager, as in a
+deleted, untimed for the engine and by retention (`max_to_keep=1`) for the manager (which
+removes the files in the background; the benchmark waits for that, untimed), as in a
 training run. Here memory never touched before is slow to fill (a VM's first touch): a
 writer through the page cache whose files pile up would be timed on that, not on the disk.
 After each barrier the processes wait 0.2 s before the clock starts, so that gloo's threads,
@@ -172,6 +173,7 @@ def worker(kind: str, index: int, count: int, port: int, root: Path, mb: int, re
             for r in range(repeats + 1):  # the first round is a warm-up
                 e = engine_once(f"first{r}")
                 c = _timed(kind, f"ckpt{r}", lambda r=r: mgr.save(r, state, force=True))
+                mgr.wait()  # untimed: the pruned step's files are gone, as the engine's are
                 a = engine_once(f"again{r}")
                 if r:
                     engine_s.append(e)
