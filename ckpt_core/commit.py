@@ -55,6 +55,8 @@ def write_step(
         mark = meeting.mark()
     try:
         token = None  # the primary's: every process writes into its temporary location
+        if meeting is not None:
+            _agree_on_step(meeting, topic, step)
         if meeting is not None and not primary:
             token = meeting.share(
                 f"{topic}/begin", None, what=f"in beginning step {step}", hint=_RESTART
@@ -118,6 +120,20 @@ _RESTART = (
     "call save() with the same step (where one process alone saves, as under DDP, open its "
     "manager with multiprocess=False); raise barrier_timeout_secs if a shard takes longer."
 )
+
+
+def _agree_on_step(meeting: Meeting, topic: str, step: int) -> None:
+    """Refuse, in every process, a save the processes called with different steps, before
+    any of them writes (a collective write that one process never joins would wait for the
+    framework's own timeout)."""
+    steps = meeting.gather(f"{topic}/step", step, what=f"in beginning step {step}", hint=_RESTART)
+    if steps is not None and len(set(steps)) > 1:
+        others = "; ".join(f"process {i}: step {s}" for i, s in enumerate(steps) if s != step)
+        raise ValueError(
+            f"the processes called save() with different steps (the primary, process 0: step "
+            f"{step}; {others}); nothing was committed. HINT: every process must call save() "
+            "with the same step."
+        )
 
 
 def _write_together(fmt: Format, state: Any, writer: Any, meeting: Meeting, step: int) -> None:

@@ -127,6 +127,33 @@ def test_a_second_job_on_the_directory_is_locked_out_in_every_process(tmp_path, 
     assert time.monotonic() - began < 5
 
 
+def test_saves_called_with_different_steps_fail_every_process_before_any_writes(
+    tmp_path, monkeypatch
+):
+    store = InMemoryStore()
+    groups = [ProcessGroup(i, 2, store) for i in range(2)]
+    local = threading.local()
+    monkeypatch.setattr("ckpt_core.manager.detect", lambda: local.group)
+    run = tmp_path / "run"
+
+    def process(i: int) -> Any:
+        local.group = groups[i]
+        with CheckpointManager(run, barrier_timeout_secs=5) as mgr:
+            mgr.save(1, {"w": np.zeros(3)})
+            mgr.save(2 + i, {"w": np.ones(3)})  # process 1 is one step ahead
+
+    began = time.monotonic()
+    got = in_threads([lambda: process(0), lambda: process(1)])
+    assert isinstance(got[0], ValueError) and isinstance(got[1], ProcessGroupError), got
+    for error in got:
+        assert "called save() with different steps" in str(error)
+        assert "process 0: step 2; process 1: step 3" in str(error)
+    assert time.monotonic() - began < 5  # at once, not at the timeout
+    with CheckpointManager(run, read_only=True) as mgr:
+        assert mgr.all_steps() == [1]
+    assert not [p for p in run.iterdir() if p.name.startswith("step_") and p.name != "step_00000001"]
+
+
 # ---------------------------------------------------------------- the store's keys are deleted
 
 
