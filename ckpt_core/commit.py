@@ -122,11 +122,18 @@ _RESTART = (
 )
 
 
+_SAME_CALL = (
+    "every process must call save() with the same step; where one process alone saves (as "
+    "under DDP), open its manager with multiprocess=False."
+)
+
+
 def _agree_on_step(meeting: Meeting, topic: str, step: int) -> None:
     """Refuse, in every process, a save the processes called with different steps, before
     any of them writes (a collective write that one process never joins would wait for the
     framework's own timeout)."""
-    steps = meeting.gather(f"{topic}/step", step, what=f"in beginning step {step}", hint=_RESTART)
+    what = f"in beginning step {step}"
+    steps = meeting.gather(f"{topic}/step", step, what=what, hint=_RESTART, impatient=_SAME_CALL)
     if steps is not None and len(set(steps)) > 1:
         others = "; ".join(f"process {i}: step {s}" for i, s in enumerate(steps) if s != step)
         raise ValueError(

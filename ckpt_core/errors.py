@@ -75,5 +75,9 @@ class UnrankedStepWarning(RuntimeWarning):
     """A step was saved without the metric `best_fn` needs; it is kept by the other rules only."""
 
 
+class ProcessGroupWarning(RuntimeWarning):
+    """A process of a multi-process job has waited unusually long for the others to come."""
+
+
 class OverBudgetWarning(RuntimeWarning):
     """The latest and the best step alone exceed `max_bytes`, which never deletes them."""

@@ -36,17 +36,19 @@ import json
 import sys
 import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from . import errors
-from .errors import ProcessGroupError
+from .errors import ProcessGroupError, ProcessGroupWarning
 
 PRIMARY = 0
 DEFAULT_TIMEOUT_SECS = 300.0
 LEAVE_SECS = 10.0  # how long a closing primary waits for the others to close
+PATIENCE_SECS = 10.0  # then a quick meeting's primary warns that it is still waiting
 _POLL_SECS = 0.05
 
 
@@ -287,9 +289,19 @@ class Meeting:
             self._published(key)
 
     def gather(
-        self, topic: str, value: Any, *, what: str, hint: str, timeout: float | None = None
+        self,
+        topic: str,
+        value: Any,
+        *,
+        what: str,
+        hint: str,
+        timeout: float | None = None,
+        impatient: str | None = None,
     ) -> list[Any] | None:
         """Every process's `value`, in process order, in the primary; None elsewhere.
+
+        `impatient`: for a meeting that should be quick, the HINT of a `ProcessGroupWarning`
+        the primary gives (once) when it has waited PATIENCE_SECS for a process.
 
         Raises:
             ProcessGroupError: in the primary, when processes did not publish within the
@@ -302,10 +314,19 @@ class Meeting:
             return None
         waited = self.timeout if timeout is None else timeout
         values: list[Any] = [value]
-        deadline = time.monotonic() + waited
+        began = time.monotonic()
+        deadline = began + waited
         for index in range(1, group.count):
+            message = None
+            if impatient is not None and began + PATIENCE_SECS < deadline:
+                patience = max(0.0, began + PATIENCE_SECS - time.monotonic())
+                message = self._get(f"{topic}/{index}", patience, what)
+                if message is None:
+                    self._warn_waiting(index, waited, what, impatient)
+                impatient = None
             left = max(0.0, deadline - time.monotonic())
-            message = self._get(f"{topic}/{index}", left, what)
+            if message is None:
+                message = self._get(f"{topic}/{index}", left, what)
             if message is None:
                 missing = [
                     i
@@ -384,6 +405,15 @@ class Meeting:
             raise ProcessGroupError(
                 f"process {group.index} of {group.count} lost the others {what}: {e}"
             ) from e
+
+    def _warn_waiting(self, index: int, timeout: float, what: str, hint: str) -> None:
+        warnings.warn(
+            f"ckpt_core: process {self.group.index} of {self.group.count} has waited "
+            f"{PATIENCE_SECS:g} s for process {index} to take part {what}; it fails after "
+            f"{timeout:g} s (barrier_timeout_secs). HINT: {hint}",
+            ProcessGroupWarning,
+            stacklevel=2,
+        )
 
     def _unpack(self, message: str, index: int, what: str) -> Any:
         doc = json.loads(message)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ckpt_core import CheckpointError, CheckpointLockedError, CheckpointManager
-from ckpt_core.errors import CorruptCheckpointError, ProcessGroupError
+from ckpt_core.errors import CorruptCheckpointError, ProcessGroupError, ProcessGroupWarning
 from ckpt_core.processes import InMemoryStore, Meeting, ProcessGroup, detect
 
 
@@ -151,7 +151,37 @@ def test_saves_called_with_different_steps_fail_every_process_before_any_writes(
     assert time.monotonic() - began < 5  # at once, not at the timeout
     with CheckpointManager(run, read_only=True) as mgr:
         assert mgr.all_steps() == [1]
-    assert not [p for p in run.iterdir() if p.name.startswith("step_") and p.name != "step_00000001"]
+    assert not [
+        p for p in run.iterdir() if p.name.startswith("step_") and p.name != "step_00000001"
+    ]
+
+
+def test_a_primary_kept_waiting_at_save_warns_whom_it_waits_for(tmp_path, monkeypatch):
+    """A process late to save() (or never coming, as when only rank 0 opens a manager under
+    DDP) is named in a warning long before the timeout; the save still commits if it comes."""
+    monkeypatch.setattr("ckpt_core.processes.PATIENCE_SECS", 0.2)
+    store = InMemoryStore()
+    groups = [ProcessGroup(i, 2, store) for i in range(2)]
+    local = threading.local()
+    monkeypatch.setattr("ckpt_core.manager.detect", lambda: local.group)
+    run = tmp_path / "run"
+
+    def process(i: int) -> Any:
+        local.group = groups[i]
+        with CheckpointManager(run, barrier_timeout_secs=5) as mgr:
+            time.sleep(0.6 * i)  # process 1 is late
+            mgr.save(1, {"w": np.zeros(3)})
+            return mgr.all_steps()
+
+    with pytest.warns(ProcessGroupWarning) as caught:
+        got = in_threads([lambda: process(0), lambda: process(1)])
+    assert got == [[1], [1]]
+    (warning,) = [w for w in caught if w.category is ProcessGroupWarning]
+    message = str(warning.message)
+    assert (
+        "process 0 of 2 has waited 0.2 s for process 1 to take part in beginning step 1" in message
+    )
+    assert "multiprocess=False" in message
 
 
 # ---------------------------------------------------------------- the store's keys are deleted
