@@ -37,6 +37,20 @@ def in_threads(fns: list[Any]) -> list[Any]:
     return out
 
 
+class SimulatedJob:
+    """Threads standing for the processes of one job, whose managers meet through one
+    `InMemoryStore`: a thread calls `become(i)` before it opens a manager as process i."""
+
+    def __init__(self, monkeypatch: Any, count: int = 2) -> None:
+        self.store = InMemoryStore()
+        self._groups = [ProcessGroup(i, count, self.store) for i in range(count)]
+        self._local = threading.local()
+        monkeypatch.setattr("ckpt_core.manager.detect", lambda: self._local.group)
+
+    def become(self, index: int) -> None:
+        self._local.group = self._groups[index]
+
+
 def test_no_framework_means_a_single_process():
     assert detect() is None  # torch.distributed and jax.distributed are not initialised here
 
@@ -88,14 +102,11 @@ def test_a_failed_process_fails_the_others_at_once_with_its_error_type():
 
 def test_managers_of_simulated_processes_commit_one_step_together(tmp_path, monkeypatch):
     """The whole save protocol, on threads: the primary locks and commits, the other joins."""
-    store = InMemoryStore()
-    groups = [ProcessGroup(i, 2, store) for i in range(2)]
-    local = threading.local()
-    monkeypatch.setattr("ckpt_core.manager.detect", lambda: local.group)
+    job = SimulatedJob(monkeypatch)
     run = tmp_path / "run"
 
     def process(i: int) -> Any:
-        local.group = groups[i]
+        job.become(i)
         with CheckpointManager(run, max_to_keep=1, best_fn="loss") as mgr:
             for step, loss in ((1, 2.0), (2, 1.0), (3, 3.0)):
                 mgr.save(step, {"w": np.full(3, step)}, metrics={"loss": loss})
@@ -109,14 +120,11 @@ def test_managers_of_simulated_processes_commit_one_step_together(tmp_path, monk
 
 
 def test_a_second_job_on_the_directory_is_locked_out_in_every_process(tmp_path, monkeypatch):
-    store = InMemoryStore()
-    groups = [ProcessGroup(i, 2, store) for i in range(2)]
-    local = threading.local()
-    monkeypatch.setattr("ckpt_core.manager.detect", lambda: local.group)
+    job = SimulatedJob(monkeypatch)
     run = tmp_path / "run"
 
     def process(i: int) -> Any:
-        local.group = groups[i]
+        job.become(i)
         CheckpointManager(run, barrier_timeout_secs=5)
 
     with CheckpointManager(run, multiprocess=False):  # the first job's writer
@@ -130,14 +138,11 @@ def test_a_second_job_on_the_directory_is_locked_out_in_every_process(tmp_path, 
 def test_saves_called_with_different_steps_fail_every_process_before_any_writes(
     tmp_path, monkeypatch
 ):
-    store = InMemoryStore()
-    groups = [ProcessGroup(i, 2, store) for i in range(2)]
-    local = threading.local()
-    monkeypatch.setattr("ckpt_core.manager.detect", lambda: local.group)
+    job = SimulatedJob(monkeypatch)
     run = tmp_path / "run"
 
     def process(i: int) -> Any:
-        local.group = groups[i]
+        job.become(i)
         with CheckpointManager(run, barrier_timeout_secs=5) as mgr:
             mgr.save(1, {"w": np.zeros(3)})
             mgr.save(2 + i, {"w": np.ones(3)})  # process 1 is one step ahead
@@ -160,14 +165,11 @@ def test_a_primary_kept_waiting_at_save_warns_whom_it_waits_for(tmp_path, monkey
     """A process late to save() (or never coming, as when only rank 0 opens a manager under
     DDP) is named in a warning long before the timeout; the save still commits if it comes."""
     monkeypatch.setattr("ckpt_core.processes.PATIENCE_SECS", 0.2)
-    store = InMemoryStore()
-    groups = [ProcessGroup(i, 2, store) for i in range(2)]
-    local = threading.local()
-    monkeypatch.setattr("ckpt_core.manager.detect", lambda: local.group)
+    job = SimulatedJob(monkeypatch)
     run = tmp_path / "run"
 
     def process(i: int) -> Any:
-        local.group = groups[i]
+        job.become(i)
         with CheckpointManager(run, barrier_timeout_secs=5) as mgr:
             time.sleep(0.6 * i)  # process 1 is late
             mgr.save(1, {"w": np.zeros(3)})
@@ -193,22 +195,19 @@ def test_a_primary_kept_waiting_at_save_warns_whom_it_waits_for(tmp_path, monkey
     ids=["sync", "async-clock"],
 )
 def test_the_store_holds_a_bounded_number_of_keys_over_many_saves(tmp_path, monkeypatch, options):
-    store = InMemoryStore()
     count = 3
-    groups = [ProcessGroup(i, count, store) for i in range(count)]
-    local = threading.local()
-    monkeypatch.setattr("ckpt_core.manager.detect", lambda: local.group)
+    job = SimulatedJob(monkeypatch, count)
     held: list[int] = []  # the number of keys after each save, seen by the primary
     stale: list[str] = []  # keys of save N still there once the primary returned from N+2
 
     def process(i: int) -> Any:
-        local.group = groups[i]
+        job.become(i)
         with CheckpointManager(tmp_path / "run", max_to_keep=2, **options) as mgr:
             for step in range(1, 21):
                 mgr.save(step, {"w": np.full(3, step)})
                 if i == 0:
                     mgr.wait()
-                    keys = store.held()
+                    keys = job.store.held()
                     held.append(len(keys))
                     stale.extend(k for k in keys if f"/save/{step - 2}/" in k)
             mgr.wait()
@@ -218,19 +217,16 @@ def test_the_store_holds_a_bounded_number_of_keys_over_many_saves(tmp_path, monk
     assert got == [[19, 20]] * count
     assert not stale
     assert max(held) <= 2 + count, held  # one save's shared keys, and others' arriving early
-    assert store.held() == []  # close(): the last save's keys too, once every process closed
+    assert job.store.held() == []  # close(): the last save's keys too, once every process closed
 
 
 def test_close_leaves_the_keys_when_another_process_never_closes(tmp_path, monkeypatch):
-    store = InMemoryStore()
-    groups = [ProcessGroup(i, 2, store) for i in range(2)]
-    local = threading.local()
-    monkeypatch.setattr("ckpt_core.manager.detect", lambda: local.group)
+    job = SimulatedJob(monkeypatch)
     monkeypatch.setattr("ckpt_core.processes.LEAVE_SECS", 0.2)
     closing = threading.Event()
 
     def process(i: int) -> Any:
-        local.group = groups[i]
+        job.become(i)
         mgr = CheckpointManager(tmp_path / "run")
         mgr.save(1, {"w": np.zeros(3)})
         if i == 0:
@@ -243,7 +239,7 @@ def test_close_leaves_the_keys_when_another_process_never_closes(tmp_path, monke
 
     got = in_threads([lambda: process(0), lambda: process(1)])
     assert 0.1 < got[0] < 5
-    assert any("/save/1/commit/" in k for k in store.held())  # still readable by process 1
+    assert any("/save/1/commit/" in k for k in job.store.held())  # still readable by process 1
 
 
 # ---------------------------------------------------------------- restore verified together

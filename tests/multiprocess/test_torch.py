@@ -86,7 +86,7 @@ def test_a_process_killed_mid_save_leaves_no_step_and_the_relaunch_resumes(tmp_p
 def test_the_store_holds_no_key_of_a_save_two_saves_later_nor_after_close(tmp_path):
     saved = succeeded(launch("torch_store_keys", tmp_path / "run", last_step=4))
     for result in saved:
-        assert result["checked"] == 4 * 3  # begin, process 1's files, commit: per save
+        assert result["checked"] == 4 * 4  # begin, process 1's step and files, commit: per save
         assert result["stale"] == {str(step): [] for step in range(1, 5)}
         assert result["left"] == []
 

@@ -223,8 +223,8 @@ def torch_store_keys(
 def save_keys(namespace: str, n: int, count: int) -> list[str]:
     """The keys the n-th save of a manager publishes (see `commit.write_step`)."""
     topic = f"{namespace}/save/{n}"
-    files = [f"{topic}/files/{i}" for i in range(1, count)]
-    return [f"{topic}/begin/primary", *files, f"{topic}/commit/primary"]
+    each = [f"{topic}/{stage}/{i}" for stage in ("step", "files") for i in range(1, count)]
+    return [f"{topic}/begin/primary", *each, f"{topic}/commit/primary"]
 
 
 # ---------------------------------------------------------------- JAX
