@@ -86,8 +86,11 @@ class DcpFormat:
         if isinstance(state, _HostSnapshot):
             state = state.state()
         _check_restorable(state)
+        leaves = _tree.iter_leaves_lenient(state)
+        tensors = sum(1 for _, leaf in leaves if _tree.is_torch_tensor(leaf))
+        storage = _shard_writer(writer, threads=max(1, min(SHARD_THREADS, tensors)))
         with _one_process_is_fine():
-            dcp.save(state, storage_writer=_shard_writer(writer), process_group=self._save_group())
+            dcp.save(state, storage_writer=storage, process_group=self._save_group())
 
     def _save_group(self) -> Any:
         """A gloo group of all ranks for DCP's own exchanges, so a background save never
@@ -162,10 +165,12 @@ class DcpFormat:
         return TreeListing(entries, "DCP's .metadata", summary=summary)
 
 
-SHARD_THREADS = 2  # files per process, written at once: one serialises while the other writes
+# Files per process (no more than its tensors), written at once: one serialises while the
+# other writes.
+SHARD_THREADS = 2
 
 
-def _shard_writer(writer: StepWriter) -> Any:
+def _shard_writer(writer: StepWriter, threads: int) -> Any:
     """DCP's `FileSystemWriter` for the step, its shard files (`*.distcp`) opened through
     `writer.open`: written around the page cache (`O_DIRECT`), checksummed while written and
     fsynced on close. DCP's own streams fill the page cache, and every byte would be read
@@ -188,7 +193,7 @@ def _shard_writer(writer: StepWriter) -> Any:
 
     # sync_files=False: every file is fsynced by this project (on close, or by the seal).
     storage = dcp.FileSystemWriter(
-        writer.local_dir() / PAYLOAD_DIR, sync_files=False, thread_count=SHARD_THREADS
+        writer.local_dir() / PAYLOAD_DIR, sync_files=False, thread_count=threads
     )
     storage.fs = ShardFiles()
     return storage

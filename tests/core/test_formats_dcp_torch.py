@@ -108,3 +108,6 @@ def test_an_async_save_keeps_dtensors_as_they_were_when_save_returned(run_dir, g
     assert torch.equal(back["w"], torch.arange(8.0).reshape(2, 4)) and back["step"] == 0
     assert isinstance(into_dtensor, DTensor) and into_dtensor.placements == (Shard(0),)
     assert torch.equal(into_dtensor.full_tensor(), back["w"])
+    # One tensor, one shard file: no writer thread is left with an empty file.
+    files = sorted(p.name for p in (run_dir / "step_00000000" / "dcp").iterdir())
+    assert files == [".metadata", "__0_0.distcp"]
