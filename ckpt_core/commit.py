@@ -38,7 +38,8 @@ def write_step(
     directory name and manifest) from it instead of writing them.
 
     With `meeting`, every process of a multi-process job calls this with its own shards: the
-    primary begins the step and the others join its staging area; each process writes (a
+    primary checks that all of them save the same step, begins the step and the others join
+    its staging area; each process writes (a
     format that is not `collective`, the primary alone) and checksums the files it wrote;
     the primary gathers every process's records, writes the manifest and commits; the others
     return the primary's manifest once it is committed. Having gathered them, the primary
