@@ -186,13 +186,13 @@ def worker(kind: str, index: int, count: int, port: int, root: Path, mb: int, re
     with CheckpointManager(
         fresh(f"{kind}-async-{count}"), format=fmt, async_save=True, max_to_keep=1
     ) as mgr:
-        for r in range(repeats + 1):
+        for r in range(repeats + 1):  # the first round is a warm-up
             mgr.wait()
-            c = _blocking(kind, f"copy{r}", copy) if copy is not None else 0.0
-            b = _blocking(kind, f"async{r}", lambda r=r: mgr.save(r, state, force=True))
-            if r:
-                copies += [c] if copy is not None else []
-                blocking.append(b)
+            if copy is not None:
+                took = _blocking(kind, f"copy{r}", copy)
+                copies += [took] if r else []
+            took = _blocking(kind, f"async{r}", lambda r=r: mgr.save(r, state, force=True))
+            blocking += [took] if r else []
     out["plain_copy_s"] = copies
     out["async_blocking_s"] = blocking
     if index == 0:

@@ -84,8 +84,9 @@ class DcpFormat:
     def write(self, state: Any, writer: StepWriter) -> None:
         dcp = _dcp()
         if isinstance(state, _HostSnapshot):
-            state = state.state()
-        _check_restorable(state)
+            state = state.state()  # checked when the snapshot was taken
+        else:
+            _check_restorable(state)
         leaves = _tree.iter_leaves_lenient(state)
         tensors = sum(1 for _, leaf in leaves if _tree.is_torch_tensor(leaf))
         storage = _shard_writer(writer, threads=max(1, min(SHARD_THREADS, tensors)))

@@ -111,3 +111,12 @@ def succeeded(outcomes: list[Outcome]) -> list[Any]:
     for o, result in zip(outcomes, results, strict=True):
         assert "error" not in result, f"process {o.index} failed:\n{o.output[-6000:]}"
     return results
+
+
+def assert_store_emptied(results: list[Any], saves: int) -> None:
+    """What `worker.watch_store_keys` reported: in every process, no key of save N after
+    save N + 2, and none at all after every process closed."""
+    for result in results:
+        assert result["checked"] == saves * 4  # begin, process 1's step and files, commit
+        assert result["stale"] == {str(step): [] for step in range(1, saves + 1)}
+        assert result["left"] == []

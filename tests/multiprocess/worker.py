@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -195,8 +196,7 @@ def torch_restore(index: int, count: int, port: int, directory: str, args: dict[
 def torch_store_keys(
     index: int, count: int, port: int, directory: str, args: dict[str, Any]
 ) -> None:
-    """Save steps; after each save N, report which keys of saves before N - 1 the c10d store
-    still holds, and after close (and a barrier) which of all the saves' keys it holds."""
+    """`watch_store_keys` for torch's c10d store: dcp saves of an FSDP2 model."""
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -205,18 +205,44 @@ def torch_store_keys(
     torch_start(index, count, port)
     model, opt = torch_model(seed=0, count=count)
     store = dist.distributed_c10d._get_default_store()
-    saves = range(1, args["last_step"] + 1)
-    with CheckpointManager(directory, format="dcp", **manager_options(args)) as mgr:
-        namespace = mgr._saver.meeting._namespace  # type: ignore[union-attr]
+
+    def save(mgr: Any, step: int) -> None:
+        msd, osd = get_state_dict(model, opt)
+        mgr.save(step, {"model": msd, "optim": osd, "step": step})
+
+    watch_store_keys(
+        CheckpointManager(directory, format="dcp", **manager_options(args)),
+        count,
+        args["last_step"],
+        save,
+        held=lambda key: bool(store.check([key])),
+        barrier=lambda name: dist.barrier(),
+    )
+
+
+def watch_store_keys(
+    mgr: Any,
+    count: int,
+    last_step: int,
+    save: Callable[[Any, int], None],
+    *,
+    held: Callable[[str], bool],
+    barrier: Callable[[str], None],
+) -> None:
+    """Save steps 1..last_step with `save(mgr, step)`; after each save N, report which keys of
+    saves before N - 1 the store still `held`, and after close (and a barrier) which of all
+    the saves' keys it holds."""
+    saves = range(1, last_step + 1)
+    with mgr:
+        namespace = mgr._saver.meeting._namespace
         keys = {n: save_keys(namespace, n, count) for n in saves}
         stale: dict[int, list[str]] = {}
         for step in saves:
-            msd, osd = get_state_dict(model, opt)
-            mgr.save(step, {"model": msd, "optim": osd, "step": step})
-            stale[step] = [k for n in range(1, step - 1) for k in keys[n] if store.check([k])]
-    dist.barrier()  # every process closed: the primary deleted the rest before its barrier
-    left = [k for n in saves for k in [*keys[n], f"{namespace}/open/1/primary"] if store.check([k])]
-    dist.barrier()  # process 0 hosts the store: it stays until every process has looked
+            save(mgr, step)
+            stale[step] = [k for n in range(1, step - 1) for k in keys[n] if held(k)]
+    barrier("closed")  # every process closed: the primary deleted the rest before it
+    left = [k for n in saves for k in [*keys[n], f"{namespace}/open/1/primary"] if held(k)]
+    barrier("looked")  # process 0 hosts the store: it stays until every process has looked
     report(stale=stale, left=left, checked=sum(map(len, keys.values())))
 
 
@@ -355,7 +381,7 @@ def jax_restore(index: int, count: int, port: int, directory: str, args: dict[st
 
 
 def jax_store_keys(index: int, count: int, port: int, directory: str, args: dict[str, Any]) -> None:
-    """`torch_store_keys` for the jax.distributed client: orbax saves of a sharded state."""
+    """`watch_store_keys` for the jax.distributed client: orbax saves of a sharded state."""
     jax = jax_start(index, count, port)
     import numpy as np
     from jax._src import distributed
@@ -374,18 +400,14 @@ def jax_store_keys(index: int, count: int, port: int, directory: str, args: dict
             return False
         return True
 
-    saves = range(1, args["last_step"] + 1)
-    with CheckpointManager(directory, format="orbax", **manager_options(args)) as mgr:
-        namespace = mgr._saver.meeting._namespace  # type: ignore[union-attr]
-        keys = {n: save_keys(namespace, n, count) for n in saves}
-        stale: dict[int, list[str]] = {}
-        for step in saves:
-            mgr.save(step, jax_state(jax, mesh, {"w": P("x"), "b": P()}, step))
-            stale[step] = [k for n in range(1, step - 1) for k in keys[n] if held(k)]
-    client.wait_at_barrier("ckpt_test_closed", 60_000)
-    left = [k for n in saves for k in [*keys[n], f"{namespace}/open/1/primary"] if held(k)]
-    client.wait_at_barrier("ckpt_test_looked", 60_000)
-    report(stale=stale, left=left, checked=sum(map(len, keys.values())))
+    watch_store_keys(
+        CheckpointManager(directory, format="orbax", **manager_options(args)),
+        count,
+        args["last_step"],
+        lambda mgr, step: mgr.save(step, jax_state(jax, mesh, {"w": P("x"), "b": P()}, step)),
+        held=held,
+        barrier=lambda name: client.wait_at_barrier(f"ckpt_test_{name}", 60_000),
+    )
 
 
 SCENARIOS = {
