@@ -39,6 +39,13 @@ def is_torch_tensor(x: Any) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
+def is_sharded_tensor(x: Any) -> bool:
+    """A torch `ShardedTensor` (FSDP1's sharded state dicts): its values are its local shards,
+    of which a process may hold none, and most tensor attributes (`is_meta`) refuse it."""
+    api = sys.modules.get("torch.distributed._shard.sharded_tensor.api")
+    return api is not None and isinstance(x, api.ShardedTensor)
+
+
 def is_jax_array(x: Any) -> bool:
     jax = sys.modules.get("jax")
     return jax is not None and isinstance(x, jax.Array)
@@ -52,6 +59,8 @@ def is_jax_struct(x: Any) -> bool:
 
 def is_torch_meta(x: Any) -> bool:
     """A torch tensor on the `meta` device: a shape and dtype without storage."""
+    if is_sharded_tensor(x):
+        return any(shard.tensor.is_meta for shard in x.local_shards())
     return is_torch_tensor(x) and bool(x.is_meta)
 
 

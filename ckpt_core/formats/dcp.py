@@ -277,9 +277,22 @@ def _load(path: Any, like: Any, where: str) -> Any:
         )
     _check_like(flatten_state_dict(like)[0], storage.read_metadata().state_dict_metadata, where)
     target = _tree.rebuild_like(like, lambda _, leaf: _empty_like(leaf))
+    # DCP's planner drops a ShardedTensor of which this process holds no shard (FSDP1 leaves a
+    # rank without one of a small tensor) when it flattens ShardedTensors, then takes the
+    # missing key for a checkpoint older than torch 2.4 and misreads the whole state: it is
+    # flattened only when it must be, for ShardedTensors nested in ShardedTensors (2D FSDP1).
+    nested = any(_holds_sharded_tensor(leaf) for _, leaf in _tree.iter_leaves_lenient(target))
+    planner = _safe_planner(everything=False, flatten_sharded_tensors=nested)
     with _one_process_is_fine():
-        dcp.load(target, storage_reader=storage, planner=_safe_planner(everything=False))
+        dcp.load(target, storage_reader=storage, planner=planner)
     return target
+
+
+def _holds_sharded_tensor(leaf: Any) -> bool:
+    """A ShardedTensor whose local shards are ShardedTensors themselves."""
+    return _tree.is_sharded_tensor(leaf) and any(
+        _tree.is_sharded_tensor(shard.tensor) for shard in leaf.local_shards()
+    )
 
 
 def _reader(path: Any) -> Any:
@@ -367,13 +380,13 @@ def _check_like(wanted: dict[str, Any], saved: dict[str, Any], where: str) -> No
 
 
 def _empty_like(leaf: Any) -> Any:
-    """A fresh tensor for DCP to load into (DTensors keep their mesh and placements); other
-    leaves as they are (DCP replaces them)."""
+    """A fresh tensor for DCP to load into (DTensors and ShardedTensors keep their layout);
+    other leaves as they are (DCP replaces them)."""
     if not _tree.is_torch_tensor(leaf):
         return leaf
     import torch
 
-    if leaf.is_meta:
+    if _tree.is_torch_meta(leaf):
         return torch.empty(leaf.shape, dtype=leaf.dtype)
     fresh = torch.empty_like(leaf)
     if isinstance(leaf, torch.nn.Parameter):
@@ -381,7 +394,7 @@ def _empty_like(leaf: Any) -> Any:
     return fresh
 
 
-def _safe_planner(*, everything: bool) -> Any:
+def _safe_planner(*, everything: bool, flatten_sharded_tensors: bool = True) -> Any:
     """DCP's load planner, reading values that are not tensors with `weights_only=True` (DCP's
     own uses a full unpickle); `everything`: rebuild the whole saved state (no `like`)."""
 
@@ -404,7 +417,7 @@ def _safe_planner(*, everything: bool) -> Any:
             else:
                 self.state_dict[read_item.dest_index.fqn] = obj
 
-    return SafeLoadPlanner()
+    return SafeLoadPlanner(flatten_sharded_tensors=flatten_sharded_tensors)
 
 
 def _check_restorable(state: Any) -> None:

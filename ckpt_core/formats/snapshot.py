@@ -21,6 +21,8 @@ def host_copy(x: Any) -> Any:
     buffers = _ACTIVE_BUFFERS.get()
     if _tree.is_numpy(x):
         return buffers.copy(x) if buffers is not None and x.ndim else x.copy()
+    if _tree.is_sharded_tensor(x):
+        return _sharded_host_copy(x)
     if _tree.is_torch_tensor(x):
         if buffers is not None and _is_dense_tensor(x):
             return buffers.copy(x)
@@ -28,6 +30,15 @@ def host_copy(x: Any) -> Any:
     if _tree.is_jax_array(x):
         return jax_pinned(x)
     return x
+
+
+def _sharded_host_copy(x: Any) -> Any:
+    """A host copy of a `ShardedTensor` (FSDP1's), as DCP's own staging makes one: its `cpu()`
+    copies local shards on a device (placements rewritten), and returns a host one as it is."""
+    import copy
+
+    host = x.cpu()
+    return copy.deepcopy(x) if host is x else host
 
 
 def _is_dense_tensor(x: Any) -> bool:

@@ -6,6 +6,7 @@ import json
 import time
 
 import pytest
+import torch
 
 from ckpt_core import CheckpointManager
 from ckpt_core.formats.dcp import SHARD_THREADS
@@ -161,3 +162,16 @@ def test_the_same_protocol_on_s3(s3_run, s3_server, ckpt):
     assert one["fingerprint"]["model/0.weight"] == saved[0]["fingerprint"]["model/0.weight"]
     assert ckpt("verify", s3_run.url, env=env)["intact"]
     assert [s["step"] for s in ckpt("ls", s3_run.url, env=env)["runs"][0]["steps"]] == [2]
+
+
+def test_sharded_tensors_with_a_process_holding_no_shard_save_and_restore(tmp_path):
+    # FSDP1's sharded state dicts hold ShardedTensors, of which a process may hold no shard.
+    first, second = succeeded(launch("torch_sharded_tensors", tmp_path / "run"))
+    assert first["shards"] == {"w": [[[0.0, 1.0], [2.0, 3.0]]], "b": [[1.0]]}
+    assert second["shards"] == {"w": [[[4.0, 5.0], [6.0, 7.0]]], "b": []}
+    assert first["step"] == second["step"] == 1
+
+    from ckpt_core import load_checkpoint
+
+    whole = load_checkpoint(tmp_path / "run" / "step_00000002", like={"w": torch.empty(4, 2)})
+    assert torch.equal(whole["w"], torch.arange(8.0).reshape(4, 2) * 2)

@@ -193,6 +193,49 @@ def torch_restore(index: int, count: int, port: int, directory: str, args: dict[
     report(fingerprint=torch_fingerprint(full), model_only_matches=same)
 
 
+def torch_sharded_tensors(
+    index: int, count: int, port: int, directory: str, args: dict[str, Any]
+) -> None:
+    """Async dcp saves of ShardedTensors (FSDP1's sharded state dicts), chunked over the
+    processes; `b` is placed on process 0 alone, so process 1 holds no shard of it (as FSDP1
+    leaves a process without a shard of a tensor smaller than the world), beside an
+    optimizer's param groups (lists DCP flattens). Restored into ShardedTensors of the same
+    layout."""
+    import torch
+    from torch.distributed._shard import sharded_tensor
+    from torch.distributed._shard.sharding_spec import ChunkShardingSpec
+
+    from ckpt_core import CheckpointManager
+
+    torch_start(index, count, port)
+    spec = ChunkShardingSpec(dim=0, placements=[f"rank:{r}/cpu" for r in range(count)])
+    on_0 = ChunkShardingSpec(dim=0, placements=["rank:0/cpu"])
+
+    def state(step: int) -> dict[str, Any]:
+        w, b = sharded_tensor.empty(spec, 4, 2), sharded_tensor.empty(on_0, 1)
+        for tensor, full in ((w, torch.arange(8.0).reshape(4, 2)), (b, torch.ones(1))):
+            for shard in tensor.local_shards():
+                rows = slice(shard.metadata.shard_offsets[0], None)
+                shard.tensor.copy_(full[rows][: shard.tensor.shape[0]] * step)
+        groups = [{"lr": 0.1, "betas": (0.9, 0.99), "params": ["w", "b"]}]
+        return {"w": w, "b": b, "step": step, "optim": {"param_groups": groups}}
+
+    options = {"format": "dcp", "async_save": True, "max_to_keep": None}
+    with CheckpointManager(directory, **options) as mgr:
+        for step in (1, 2):
+            saved = state(step)
+            mgr.save(step, saved)
+            for tensor in (saved["w"], saved["b"]):  # the next training step, mid-save
+                for shard in tensor.local_shards():
+                    shard.tensor.add_(100)
+        mgr.wait()
+        back = mgr.restore(1, like=state(0))
+    report(
+        shards={key: [shard.tensor.tolist() for shard in back[key].local_shards()] for key in "wb"},
+        step=back["step"],
+    )
+
+
 def torch_store_keys(
     index: int, count: int, port: int, directory: str, args: dict[str, Any]
 ) -> None:
@@ -412,7 +455,15 @@ def jax_store_keys(index: int, count: int, port: int, directory: str, args: dict
 
 SCENARIOS = {
     f.__name__: f
-    for f in (torch_save, torch_restore, torch_store_keys, jax_save, jax_restore, jax_store_keys)
+    for f in (
+        torch_save,
+        torch_restore,
+        torch_sharded_tensors,
+        torch_store_keys,
+        jax_save,
+        jax_restore,
+        jax_store_keys,
+    )
 }
 
 
