@@ -6,6 +6,7 @@ and ends its output with one `RESULT {json}` line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -120,3 +121,86 @@ def assert_store_emptied(results: list[Any], saves: int) -> None:
         assert result["checked"] == saves * 4  # begin, process 1's step and files, commit
         assert result["stale"] == {str(step): [] for step in range(1, saves + 1)}
         assert result["left"] == []
+
+
+def fit_sharded(
+    directory: Path,
+    timeout: float = 240.0,
+    devices: int = 2,
+    resume_with: str = "resume",
+    strategy: str = "model_parallel",
+    accelerator: str = "cpu",
+    nodes: int = 1,
+    **callback: Any,
+) -> list[Any]:
+    """Run `lightning_fit` on `devices * nodes` ranks; every rank's result, by rank.
+
+    Lightning starts a node's other ranks itself; with `nodes` > 1 one process per node is
+    started here (Lightning's own environment variables, every node on this machine).
+    """
+    args = {
+        "callback": callback,
+        "devices": devices,
+        "resume_with": resume_with,
+        "strategy": strategy,
+        "accelerator": accelerator,
+        "nodes": nodes,
+    }
+    command = [sys.executable, "-m", "tests.multiprocess.lightning_fit", str(directory)]
+    command.append(json.dumps(args))
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        if accelerator == "cuda"
+        else "",
+        "OMP_NUM_THREADS": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "PYTHONWARNINGS": "ignore",
+    }
+    node_env: list[dict[str, str]] = [{}]
+    if nodes > 1:
+        node_env = [{"NODE_RANK": str(n), "LOCAL_RANK": "0"} for n in range(nodes)]
+    # Each node in its own session: on a timeout the whole job (every rank) is killed.
+    logs = [tempfile.TemporaryFile("w+") for _ in node_env]  # noqa: SIM115  (closed below)
+    jobs = [
+        subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={**env, **extra},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        for extra, log in zip(node_env, logs, strict=True)
+    ]
+    deadline = time.monotonic() + timeout
+    try:
+        for job in jobs:
+            with contextlib.suppress(subprocess.TimeoutExpired):  # killed below, then reported
+                job.wait(timeout=max(0.1, deadline - time.monotonic()))
+    finally:
+        late = [job for job in jobs if job.poll() is None]
+        for job in late:  # every rank prints where it is stuck (`lightning_fit`), then dies
+            os.killpg(job.pid, signal.SIGUSR1)
+        time.sleep(2.0 if late else 0.0)
+        for job in late:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    outputs = []
+    for log in logs:
+        log.seek(0)
+        outputs.append(log.read())
+        log.close()
+    failed = [
+        f"node {node} exited with {job.returncode} (-9: killed at the {timeout} s deadline):\n"
+        + output[-8000:]
+        for node, (job, output) in enumerate(zip(jobs, outputs, strict=True))
+        if job.returncode != 0
+    ]
+    assert not failed, "\n".join(failed)
+    results = [directory / f"result_{rank}.json" for rank in range(devices * nodes)]
+    assert all(r.exists() for r in results), outputs[0][-8000:]
+    return [json.loads(r.read_text()) for r in results]

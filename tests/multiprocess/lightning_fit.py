@@ -1,24 +1,31 @@
-"""A 2-process Lightning job (ModelParallelStrategy, FSDP2 `fully_shard`, gloo on CPU) with
-`CkptCallback`: `python -m tests.multiprocess.lightning_fit DIR ARGS_JSON` (ARGS_JSON:
-`{"callback": {...CkptCallback arguments}, "devices": 2, "resume_with": "resume" or "last"}`).
+"""A sharded Lightning job with `CkptCallback`:
+`python -m tests.multiprocess.lightning_fit DIR ARGS_JSON`, where ARGS_JSON is
+`{"callback": {...CkptCallback arguments}, "devices": 2, "resume_with": "resume" or "last",
+"strategy": "model_parallel" or "fsdp", "accelerator": "cpu" or "cuda", "nodes": 1}`.
 
-Lightning launches the second rank itself (it runs this module again). In one job: an
-uninterrupted run into DIR/straight; a run into DIR/resumed that raises in its second epoch;
-the same run again with `resume=True`; then `validate(ckpt_path="best")`. Each rank writes
-what it found to DIR/result_<rank>.json.
+`model_parallel` is ModelParallelStrategy with FSDP2 `fully_shard`; `fsdp` is FSDPStrategy
+(FSDP1, which needs CUDA). On CPU the ranks meet over gloo. Lightning launches the other
+ranks itself, except with `nodes` > 1 (one device per node), where `launch.fit_sharded` starts
+one process per node.
+
+In one job: an uninterrupted run into DIR/straight; a run into DIR/resumed that raises in its
+second epoch; the same run again with `resume=True`; then `validate(ckpt_path="best")`. Each
+rank writes what it found to DIR/result_<rank>.json.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy, Strategy
 from torch import nn
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
@@ -40,6 +47,8 @@ class ShardedModel(L.LightningModule):
         self.fail_epoch = fail_epoch
 
     def configure_model(self) -> None:
+        if not isinstance(self.trainer.strategy, ModelParallelStrategy):
+            return  # FSDPStrategy wraps the model itself
         if isinstance(self.net, FSDPModule):
             return  # sharded by an earlier `fit` (Lightning calls this for every stage)
         mesh = self.device_mesh["data_parallel"]
@@ -85,11 +94,11 @@ def fit(directory: str, args: dict[str, Any], *, fail: bool = False, resume: boo
     L.seed_everything(0)
     last = resume and args.get("resume_with") == "last"
     callback = CkptCallback(directory, resume=resume and not last, **args["callback"])
-    devices = args.get("devices", 2)
     trainer = L.Trainer(
-        accelerator="cpu",
-        devices=devices,
-        strategy=ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1),
+        accelerator=args.get("accelerator", "cpu"),
+        devices=args.get("devices", 2),
+        num_nodes=args.get("nodes", 1),
+        strategy=strategy(args),
         max_epochs=EPOCHS,
         logger=False,
         callbacks=[callback],
@@ -102,15 +111,25 @@ def fit(directory: str, args: dict[str, Any], *, fail: bool = False, resume: boo
         trainer.fit(model, ckpt_path="last" if last else None)
     except Interrupted:
         assert fail
-    return trainer, callback, model
+    return trainer, callback
 
 
-def fingerprint(model: nn.Module) -> str:
-    """A hash of the full (gathered) model state, bit for bit."""
+def strategy(args: dict[str, Any]) -> Strategy:
+    ranks = args.get("devices", 2) * args.get("nodes", 1)
+    if args.get("strategy", "model_parallel") == "model_parallel":
+        return ModelParallelStrategy(data_parallel_size=ranks, tensor_parallel_size=1)
+    # Every Linear its own FSDP unit, as a real model's blocks would be. gloo when the ranks
+    # share one GPU, which NCCL refuses.
+    backend = "gloo" if args.get("nodes", 1) > 1 else None
+    return FSDPStrategy(auto_wrap_policy={nn.Linear}, process_group_backend=backend)
+
+
+def fingerprint(trainer: L.Trainer) -> str:
+    """A hash of the trainer's full (gathered) model state, bit for bit."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     options = StateDictOptions(full_state_dict=True)  # on every rank (no cpu_offload)
-    return digest(get_model_state_dict(model, options=options))
+    return digest(get_model_state_dict(trainer.strategy.model, options=options))
 
 
 def digest(full: dict[str, torch.Tensor]) -> str:
@@ -118,7 +137,7 @@ def digest(full: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
     for key in sorted(full):
         digest.update(key.encode())
-        digest.update(full[key].contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(full[key].contiguous().view(torch.uint8).cpu().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -133,12 +152,13 @@ def run_of(directory: str) -> dict[str, Any]:
 
 def main() -> None:
     directory, args = sys.argv[1], json.loads(sys.argv[2])
-    _, straight_cb, straight = fit(f"{directory}/straight", args)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `launch` asks before a kill
+    straight, straight_cb = fit(f"{directory}/straight", args)
     straight_fingerprint = fingerprint(straight)
     fit(f"{directory}/resumed", args, fail=True)
-    trainer, callback, resumed = fit(f"{directory}/resumed", args, resume=True)
-    resumed_fingerprint = fingerprint(resumed)  # before `validate` loads the best step into it
-    validated = trainer.validate(resumed, ckpt_path="best", verbose=False)[0]
+    trainer, callback = fit(f"{directory}/resumed", args, resume=True)
+    resumed_fingerprint = fingerprint(trainer)  # before `validate` loads the best step into it
+    validated = trainer.validate(trainer.lightning_module, ckpt_path="best", verbose=False)[0]
     result = {
         "straight": straight_fingerprint,
         "resumed": resumed_fingerprint,

@@ -4,60 +4,11 @@ saving `dcp` steps from every rank, and resuming from them (see `lightning_fit`)
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from .launch import ROOT, free_port
+from .launch import fit_sharded
 from .test_torch import SHARD_FILES
-
-
-def fit_sharded(
-    directory: Path,
-    timeout: float = 240.0,
-    devices: int = 2,
-    resume_with: str = "resume",
-    **callback: Any,
-) -> list[Any]:
-    """Run `lightning_fit` on `devices` ranks (Lightning starts the others); results by rank."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "CUDA_VISIBLE_DEVICES": "",
-        "OMP_NUM_THREADS": "1",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(free_port()),
-        "PYTHONWARNINGS": "ignore",
-    }
-    command = [sys.executable, "-m", "tests.multiprocess.lightning_fit", str(directory)]
-    command.append(
-        json.dumps({"callback": callback, "devices": devices, "resume_with": resume_with})
-    )
-    # Its own session: on a timeout the whole job (both ranks) is killed.
-    job = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = job.communicate(timeout=timeout)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.communicate()
-    assert job.returncode == 0, output[-8000:]
-    results = [directory / f"result_{rank}.json" for rank in range(devices)]
-    assert all(r.exists() for r in results), output[-8000:]
-    return [json.loads(r.read_text()) for r in results]
 
 
 def test_sharded_run_saves_dcp_from_both_ranks_and_resumes_bit_for_bit(tmp_path, ckpt):
