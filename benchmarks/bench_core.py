@@ -698,51 +698,6 @@ def bench_bookkeeping(bench: Bench) -> None:
     )
 
 
-# ---------------------------------------------------------------- CUDA (when present)
-
-
-def bench_cuda_snapshot(bench: Bench, mb: int) -> None:
-    """Device-to-host snapshot: a plain `.cpu()` copy vs pinned staging buffers reused."""
-    import torch
-
-    gpu_state = {k: v.cuda() for k, v in make_state("torch", mb).items()}
-    nbytes = state_nbytes(gpu_state)
-    staging = {k: torch.empty_like(v, device="cpu").pin_memory() for k, v in gpu_state.items()}
-
-    def plain_cpu() -> None:
-        _ = {k: v.cpu() for k, v in gpu_state.items()}
-
-    def pinned() -> None:
-        for k, v in gpu_state.items():
-            staging[k].copy_(v, non_blocking=True)
-        torch.cuda.synchronize()
-
-    for id, label, fn in (
-        ("cuda_cpu_copy", "CUDA -> host: plain .cpu() of every tensor", plain_cpu),
-        ("cuda_pinned_copy", "CUDA -> host: into reused pinned buffers", pinned),
-    ):
-        bench.record(id, label, "cuda", mb, time_repeats(fn, repeats=bench.repeats), nbytes=nbytes)
-    background = _Managers(bench, "ckpt_cuda", async_save=True, max_to_keep=None)
-
-    def async_save() -> dict[str, float]:
-        start = time.perf_counter()
-        background.mgr.save(0, gpu_state)
-        returned = time.perf_counter()
-        background.mgr.wait()
-        return {"blocking": returned - start}
-
-    phases = time_phases(
-        async_save, repeats=bench.repeats, setup=background.open, teardown=background.close
-    )
-    bench.record(
-        "ckpt_tree_async_block",
-        "ckpt-core tree format: async save of CUDA tensors, blocking",
-        "cuda",
-        mb,
-        phases["blocking"],
-    )
-
-
 # ---------------------------------------------------------------- everything
 
 
@@ -767,10 +722,4 @@ def run_all(bench: Bench, sizes_mb: list[int], *, lightning: bool = True) -> dic
             bench_lightning(bench, mb)
             resample_raw_write(bench, mb)
 
-    import torch
-
-    notes["cuda"] = torch.cuda.is_available()
-    if notes["cuda"]:
-        for mb in sizes_mb:
-            bench_cuda_snapshot(bench, mb)
     return notes

@@ -359,7 +359,7 @@ def _machine_section(machine: dict[str, Any], notes: dict[str, Any], sizes: list
             "at end",
         ],
         ["page cache", "warm: caches cannot be dropped here, so reads come from memory"],
-        ["GPU", "measured" if notes.get("cuda") else "none: the CUDA snapshot was not measured"],
+        ["GPU", "none here: the CUDA snapshot is `bench_cuda_snapshot.py`, on a GPU machine"],
     ]
     if machine.get("note"):
         rows.append(["note", machine["note"]])
@@ -405,7 +405,7 @@ def _targets_section(checks: list[Check]) -> list[str]:
     return out
 
 
-GROUPS = ("bytes", "torch", "numpy", "jax", "lightning", "cuda")
+GROUPS = ("bytes", "torch", "numpy", "jax", "lightning")
 
 
 def _measurements_section(results: Results, sizes: list[int]) -> list[str]:
