@@ -1,12 +1,13 @@
-"""Start N real processes of one job over loopback, wait for them with a bound, kill every one.
+"""Start N real processes of one job over loopback, wait for them with a bound, kill every one
+(`run_processes`; one still running at the deadline first prints its threads' stacks).
 
-Each process runs `python -m tests.multiprocess.worker SCENARIO INDEX COUNT PORT DIR ARGS`
-and ends its output with one `RESULT {json}` line.
+`launch`: each process runs `python -m tests.multiprocess.worker SCENARIO INDEX COUNT PORT DIR
+ARGS` and ends its output with one `RESULT {json}` line. `fit_sharded`: a Lightning job of
+`lightning_fit`, whose ranks write their results to files.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -64,38 +65,52 @@ def launch(
         **(env or {}),
     }
     spec = json.dumps(args)
+    worker = [sys.executable, "-m", "tests.multiprocess.worker", scenario]
+    commands = [
+        [*worker, str(index), str(processes), str(port), str(directory), spec]
+        for index in range(processes)
+    ]
+    return run_processes(commands, [child_env] * processes, timeout)
+
+
+def run_processes(
+    commands: list[list[str]], envs: list[dict[str, str]], timeout: float
+) -> list[Outcome]:
+    """Run every command in its own session and wait for all until `timeout`. Those still
+    running then print every thread's stack (SIGUSR1, which `worker` and `lightning_fit` hand
+    to faulthandler) and are killed with their children. Every process's outcome, in order."""
+    logs = [tempfile.TemporaryFile("w+") for _ in commands]  # noqa: SIM115  (closed below)
     children: list[subprocess.Popen[str]] = []
-    logs = []
+    codes: list[int | None] = []
     try:
-        for index in range(processes):
-            log = tempfile.TemporaryFile("w+")  # noqa: SIM115  (closed below)
-            logs.append(log)
-            command = [sys.executable, "-m", "tests.multiprocess.worker", scenario]
-            command += [str(index), str(processes), str(port), str(directory), spec]
+        for command, env, log in zip(commands, envs, logs, strict=True):
             children.append(
                 subprocess.Popen(
                     command,
                     cwd=ROOT,
-                    env=child_env,
+                    env=env,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     text=True,
+                    start_new_session=True,
                 )
             )
         deadline = time.monotonic() + timeout
-        codes: list[int | None] = []
         for child in children:
             try:
                 codes.append(child.wait(timeout=max(0.1, deadline - time.monotonic())))
             except subprocess.TimeoutExpired:
                 codes.append(None)
     finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGKILL)
-                child.wait()
+        late = [child for child in children if child.poll() is None]
+        for child in late:
+            os.killpg(child.pid, signal.SIGUSR1)
+        time.sleep(2.0 if late else 0.0)
+        for child in late:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
     outcomes = []
-    for index, (log, code) in enumerate(zip(logs, codes, strict=False)):
+    for index, (log, code) in enumerate(zip(logs, codes, strict=True)):
         log.seek(0)
         outcomes.append(Outcome(index, code, log.read()))
         log.close()
@@ -162,45 +177,14 @@ def fit_sharded(
     node_env: list[dict[str, str]] = [{}]
     if nodes > 1:
         node_env = [{"NODE_RANK": str(n), "LOCAL_RANK": "0"} for n in range(nodes)]
-    # Each node in its own session: on a timeout the whole job (every rank) is killed.
-    logs = [tempfile.TemporaryFile("w+") for _ in node_env]  # noqa: SIM115  (closed below)
-    jobs = [
-        subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env={**env, **extra},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        for extra, log in zip(node_env, logs, strict=True)
-    ]
-    deadline = time.monotonic() + timeout
-    try:
-        for job in jobs:
-            with contextlib.suppress(subprocess.TimeoutExpired):  # killed below, then reported
-                job.wait(timeout=max(0.1, deadline - time.monotonic()))
-    finally:
-        late = [job for job in jobs if job.poll() is None]
-        for job in late:  # every rank prints where it is stuck (`lightning_fit`), then dies
-            os.killpg(job.pid, signal.SIGUSR1)
-        time.sleep(2.0 if late else 0.0)
-        for job in late:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait()
-    outputs = []
-    for log in logs:
-        log.seek(0)
-        outputs.append(log.read())
-        log.close()
+    outcomes = run_processes([command] * len(node_env), [{**env, **e} for e in node_env], timeout)
     failed = [
-        f"node {node} exited with {job.returncode} (-9: killed at the {timeout} s deadline):\n"
-        + output[-8000:]
-        for node, (job, output) in enumerate(zip(jobs, outputs, strict=True))
-        if job.returncode != 0
+        f"node {o.index} exited with {o.returncode} (None: killed at the {timeout} s deadline):"
+        f"\n{o.output[-8000:]}"
+        for o in outcomes
+        if o.returncode != 0
     ]
     assert not failed, "\n".join(failed)
     results = [directory / f"result_{rank}.json" for rank in range(devices * nodes)]
-    assert all(r.exists() for r in results), outputs[0][-8000:]
+    assert all(r.exists() for r in results), outcomes[0].output[-8000:]
     return [json.loads(r.read_text()) for r in results]

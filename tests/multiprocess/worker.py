@@ -9,6 +9,7 @@ Every value saved is a pure function of a seed, so any process can check what it
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import signal
@@ -469,6 +470,7 @@ SCENARIOS = {
 
 def main() -> None:
     scenario, index, count, port, directory, spec = sys.argv[1:7]
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `launch` asks before a kill
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     SCENARIOS[scenario](int(index), int(count), int(port), directory, json.loads(spec))
     sys.stdout.flush()
