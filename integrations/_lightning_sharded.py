@@ -4,9 +4,11 @@ With `ModelParallelStrategy` or `FSDPStrategy` no process holds the whole model,
 opens the run's manager (the multi-process protocol, see `ckpt_core.processes`) and saves its
 own shards in the `dcp` format. A step holds:
 
-* `state_dict`: the model's state dict, sharded (DTensors), from
+* `state_dict`: the model's state dict, sharded (DTensors under `ModelParallelStrategy`,
+  ShardedTensors under `FSDPStrategy`), from
   `torch.distributed.checkpoint.state_dict.get_model_state_dict`, as Lightning's own
-  `ModelParallelStrategy(save_distributed_checkpoint=True)` builds it;
+  `save_distributed_checkpoint=True` builds it, except that FSDP2's DTensors stay where they
+  are (see `sharded_state`);
 * `optimizer_<i>`: each optimizer's sharded state (`get_optimizer_state_dict`), Lightning's names;
 * `lightning`: the rest of Lightning's checkpoint dict (loops, callbacks, LR schedulers, RNG
   states, hyper-parameters), global rank 0's, as the base64 text of its `torch.save` bytes: one
@@ -63,11 +65,12 @@ def sharded_state(trainer: Trainer, checkpoint: dict[str, Any]) -> dict[str, Any
 
     model = trainer.strategy.model
     assert model is not None  # set up by `fit`
-    # No `cpu_offload` (Lightning's choice for its own distributed checkpoints): the shards stay
-    # where they are, and an async save copies them into its reused pinned buffers: on an H100,
-    # 33 ms for an FSDP2 model and Adam of 1.5 GiB against 1.45 s through offloading. A sync
-    # save's writer copies each shard as it writes it.
-    options = StateDictOptions()
+    # FSDP2's DTensors are views of the live shards: left on the GPU, an async save copies them
+    # once, into its reused pinned buffers, where offloading (Lightning's choice for its own
+    # distributed checkpoints) would first copy them into fresh pageable memory on the training
+    # thread; a sync save's writer copies each as it writes it. FSDP1 builds its ShardedTensors
+    # from clones, which offloading moves off the GPU as they are made.
+    options = StateDictOptions(cpu_offload=isinstance(trainer.strategy, FSDPStrategy))
     checkpoint.pop(MODEL_KEY, None)  # possibly full: the strategy's own choice of state dict
     state: dict[str, Any] = {MODEL_KEY: get_model_state_dict(model, options=options)}
     if checkpoint.pop("optimizer_states", None) is not None:  # None: save_weights_only
