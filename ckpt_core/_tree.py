@@ -59,8 +59,9 @@ def is_jax_struct(x: Any) -> bool:
 
 def is_torch_meta(x: Any) -> bool:
     """A torch tensor on the `meta` device: a shape and dtype without storage."""
-    if is_sharded_tensor(x):
-        return any(shard.tensor.is_meta for shard in x.local_shards())
+    if is_sharded_tensor(x):  # by its global metadata, alike in every process
+        shards = x.metadata().shards_metadata
+        return any(s.placement is not None and s.placement.device().type == "meta" for s in shards)
     return is_torch_tensor(x) and bool(x.is_meta)
 
 

@@ -34,7 +34,9 @@ def host_copy(x: Any) -> Any:
 
 def _sharded_host_copy(x: Any) -> Any:
     """A host copy of a `ShardedTensor` (FSDP1's), as DCP's own staging makes one: its `cpu()`
-    copies local shards on a device (placements rewritten), and returns a host one as it is."""
+    copies local shards on a device into fresh memory (placements rewritten), and returns a
+    host one as it is. Not into the reused buffers: `CkptCallback` hands FSDP1's state dicts
+    over offloaded already, in fresh tensors."""
     import copy
 
     host = x.cpu()
@@ -65,22 +67,24 @@ class SnapshotBuffers:
     def __init__(self) -> None:
         self._buffers: list[Any] = []
         self._used = 0
-        self._cuda = False
+        self._devices: set[Any] = set()  # the GPUs copied from, each synchronized at the end
 
     @contextlib.contextmanager
     def reuse(self) -> Iterator[None]:
         """Within this block, `host_copy` copies into these buffers (in call order)."""
-        self._used, self._cuda = 0, False
+        self._used = 0
+        self._devices.clear()
         token = _ACTIVE_BUFFERS.set(self)
         try:
             yield
         finally:
             _ACTIVE_BUFFERS.reset(token)
             del self._buffers[self._used :]  # the state shrank: let go of what is left over
-            if self._cuda:
+            if self._devices:
                 import torch
 
-                torch.cuda.synchronize()  # the non-blocking device-to-host copies are done
+                for device in self._devices:  # the non-blocking device-to-host copies are done
+                    torch.cuda.synchronize(device)
 
     def copy(self, x: Any) -> Any:
         index = self._used
@@ -93,7 +97,8 @@ class SnapshotBuffers:
 
                 buf = torch.empty(x.shape, dtype=x.dtype, pin_memory=x.is_cuda)
             buf.copy_(x, non_blocking=x.is_cuda)
-            self._cuda |= x.is_cuda
+            if x.is_cuda:
+                self._devices.add(x.device)
         else:
             if not _fits(buf, x):
                 import numpy as np
