@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from ckpt_core import CheckpointManager
@@ -43,3 +44,33 @@ def test_async_saves_through_reused_buffers_keep_every_step_exact(tmp_path):
             back = mgr.restore(step)
             np.testing.assert_array_equal(back["w"], np.full(1000, step + 1.0))
             assert torch.equal(back["t"], torch.full((10,), step + 1.0))
+
+
+@pytest.mark.parametrize("fmt", ["tree", "torch", "dcp"])
+def test_async_saves_of_a_growing_state_by_two_managers_in_one_process(tmp_path, fmt):
+    # An optimizer's state appears after the first step; a second manager (an EMA copy, say)
+    # saves another state from the same process. Each save holds what `save` was handed.
+    model = {"w": torch.zeros(8)}
+    options = {"format": fmt, "async_save": True, "max_to_keep": None}
+    with (
+        CheckpointManager(tmp_path / "model", **options) as mgr,
+        CheckpointManager(tmp_path / "ema", **options) as ema,
+    ):
+        for step in range(3):
+            model["w"] += 1
+            if step == 1:
+                model["exp_avg"] = torch.zeros(8)
+            if "exp_avg" in model:
+                model["exp_avg"] += 10
+            mgr.save(step, model)
+            ema.save(step, {"ema": model["w"] * 0.5})
+            model["w"] += 100  # mutated while both saves write
+            model["w"] -= 100
+        mgr.wait()
+        ema.wait()
+        for step in range(3):
+            back = mgr.restore(step)
+            assert torch.equal(back["w"], torch.full((8,), step + 1.0))
+            assert ("exp_avg" in back) == (step >= 1)
+            assert torch.equal(ema.restore(step)["ema"], torch.full((8,), (step + 1) / 2))
+        assert torch.equal(mgr.restore(2)["exp_avg"], torch.full((8,), 20.0))

@@ -34,17 +34,22 @@ def busy_gpu() -> None:
 @pytest.mark.parametrize("fmt", ["tree", "torch", "dcp"])
 def test_an_async_save_holds_cuda_tensors_as_they_were_when_save_returned(run_dir, fmt):
     w = torch.zeros(16 * MIB // 4, device="cuda")
+    state = {"w": w}
     with CheckpointManager(run_dir, format=fmt, async_save=True, max_to_keep=None) as mgr:
         for step in range(3):
             w.fill_(step + 1)
+            if step == 1:  # state that appears after the first save, as an optimizer's does
+                state["m"] = torch.ones(4, device="cuda")
             busy_gpu()
-            mgr.save(step, {"w": w})
+            mgr.save(step, state)
             w.fill_(-1)  # the next training step, while the save writes
         mgr.wait()
         for step in range(3):
-            back = mgr.restore(step, like={"w": torch.empty_like(w)})["w"]
-            assert back.device == w.device  # where `like` has it
-            assert torch.equal(back, torch.full_like(w, step + 1.0))
+            like = {key: torch.empty_like(value) for key, value in state.items()}
+            back = mgr.restore(step, like=like if step else {"w": like["w"]})
+            assert back["w"].device == w.device  # where `like` has it
+            assert torch.equal(back["w"], torch.full_like(w, step + 1.0))
+            assert ("m" in back) == (step > 0)
 
 
 @pytest.fixture

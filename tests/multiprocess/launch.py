@@ -8,6 +8,7 @@ ARGS` and ends its output with one `RESULT {json}` line. `fit_sharded`: a Lightn
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -106,8 +107,9 @@ def run_processes(
         for child in late:
             os.killpg(child.pid, signal.SIGUSR1)
         time.sleep(2.0 if late else 0.0)
-        for child in late:
-            os.killpg(child.pid, signal.SIGKILL)
+        for child in children:  # its group too: a rank it started may outlive it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
             child.wait()
     outcomes = []
     for index, (log, code) in enumerate(zip(logs, codes, strict=True)):
