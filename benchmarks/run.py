@@ -359,7 +359,7 @@ def _machine_section(machine: dict[str, Any], notes: dict[str, Any], sizes: list
             "at end",
         ],
         ["page cache", "warm: caches cannot be dropped here, so reads come from memory"],
-        ["GPU", "none here: the CUDA snapshot is `bench_cuda_snapshot.py`, on a GPU machine"],
+        ["GPU", "not used by this run: `bench_cuda_snapshot.py` measures CUDA snapshots"],
     ]
     if machine.get("note"):
         rows.append(["note", machine["note"]])
