@@ -35,8 +35,8 @@ def host_copy(x: Any) -> Any:
 def _sharded_host_copy(x: Any) -> Any:
     """A host copy of a `ShardedTensor` (FSDP1's), as DCP's own staging makes one: its `cpu()`
     copies local shards on a device into fresh memory (placements rewritten), and returns a
-    host one as it is. Not into the reused buffers: `CkptCallback` hands FSDP1's state dicts
-    over offloaded already, in fresh tensors."""
+    host one as it is. Not into the reused buffers: a ShardedTensor is rebuilt around its
+    shards with their metadata, which its own `cpu()` and `deepcopy` do."""
     import copy
 
     host = x.cpu()

@@ -57,15 +57,15 @@ def test_async_saves_of_a_growing_state_by_two_managers_in_one_process(tmp_path,
         CheckpointManager(tmp_path / "ema", **options) as ema,
     ):
         for step in range(3):
-            model["w"] += 1
+            model["w"].fill_(step + 1)
             if step == 1:
                 model["exp_avg"] = torch.zeros(8)
             if "exp_avg" in model:
-                model["exp_avg"] += 10
+                model["exp_avg"].fill_(10 * step)
             mgr.save(step, model)
             ema.save(step, {"ema": model["w"] * 0.5})
-            model["w"] += 100  # mutated while both saves write
-            model["w"] -= 100
+            for tensor in model.values():
+                tensor.fill_(-1)  # the next training step, while both saves write
         mgr.wait()
         ema.wait()
         for step in range(3):
